@@ -1,0 +1,30 @@
+"""Implicit-differentiation hypergradients (IFT + Neumann / CG / dense inverse Hessian)."""
+
+from .engine import Hypergradient, ImplicitHypergradient, TrainHessian, flatten, hypergradient, unflatten
+from .solvers import (
+    SOLVERS,
+    ConjugateGradientSolver,
+    ExactSolver,
+    InverseHessianSolver,
+    NeumannSolver,
+    SolveInfo,
+    make_solver,
+    register_solver,
+)
+
+__all__ = [
+    "Hypergradient",
+    "ImplicitHypergradient",
+    "TrainHessian",
+    "flatten",
+    "unflatten",
+    "hypergradient",
+    "SOLVERS",
+    "ConjugateGradientSolver",
+    "ExactSolver",
+    "InverseHessianSolver",
+    "NeumannSolver",
+    "SolveInfo",
+    "make_solver",
+    "register_solver",
+]
