@@ -102,7 +102,10 @@ class GraphData:
         finite = torch.isfinite(self.x)
         if not finite.all():
             bad_rows = (~finite).any(dim=1).nonzero().flatten()
-            fail(f"x has {int((~finite).sum())} NaN/inf values in {bad_rows.numel()} nodes (first: node {int(bad_rows[0])})")
+            fail(
+                f"x has {int((~finite).sum())} NaN/inf values in {bad_rows.numel()} nodes "
+                f"(first: node {int(bad_rows[0])})"
+            )
 
         ei = self.edge_index
         if ei.numel():
@@ -175,14 +178,17 @@ def _undirected(edge_index: np.ndarray, num_nodes: int, source: PathLike) -> tor
         raise DataError(f"{source}: edge indices must be integers, got dtype {edge_index.dtype}")
     lo, hi = (int(edge_index.min()), int(edge_index.max())) if edge_index.size else (0, 0)
     if lo < 0 or hi >= num_nodes:
-        raise DataError(f"{source}: edge refers to node {lo if lo < 0 else hi} but valid node ids are 0..{num_nodes - 1}")
+        bad = lo if lo < 0 else hi
+        raise DataError(f"{source}: edge refers to node {bad} but valid node ids are 0..{num_nodes - 1}")
     ei, _ = remove_self_loops(torch.from_numpy(edge_index.astype(np.int64)))
     return to_undirected(ei, num_nodes=num_nodes)
 
 
 def _features(x: np.ndarray, source: PathLike) -> torch.Tensor:
     if x.ndim != 2 or x.dtype.kind not in "biuf":
-        raise DataError(f"{source}: features must be a 2-D numeric array, got shape {list(x.shape)} and dtype {x.dtype}")
+        raise DataError(
+            f"{source}: features must be a 2-D numeric array, got shape {list(x.shape)} and dtype {x.dtype}"
+        )
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
@@ -377,7 +383,9 @@ def load_graph_npz(path: PathLike) -> GraphData:
     if "num_classes" in a:
         c = a["num_classes"]
         if c.shape != () or c.dtype.kind not in "iu":
-            raise DataError(f"{path}: num_classes must be an integer scalar, got shape {list(c.shape)} and dtype {c.dtype}")
+            raise DataError(
+                f"{path}: num_classes must be an integer scalar, got shape {list(c.shape)} and dtype {c.dtype}"
+            )
         num_classes = int(c)
     else:
         num_classes = int(y.max()) + 1 if y.numel() else 1
@@ -437,10 +445,10 @@ def load_ogbn_arxiv(root: PathLike) -> GraphData:
                                   ("edge", len(edges), e, "num-edge-list")):
         if got != want:
             raise DataError(f"{raw / (file + '.csv.gz')}: {got} rows but {what}.csv.gz says {want}")
-    masks = {
-        mask: _index_mask(_read_csv_gz(split / f"{part}.csv.gz", np.int64, columns=1)[:, 0], n, split / f"{part}.csv.gz")
-        for mask, part in zip(_MASKS, ("train", "valid", "test"))
-    }
+    masks = {}
+    for mask, part in zip(_MASKS, ("train", "valid", "test")):
+        path = split / f"{part}.csv.gz"
+        masks[mask] = _index_mask(_read_csv_gz(path, np.int64, columns=1)[:, 0], n, path)
     return GraphData(
         name="ogbn-arxiv",
         x=_features(x, raw / "node-feat.csv.gz"),
@@ -469,12 +477,14 @@ def load_reddit(root: PathLike) -> GraphData:
     x, y = _features(data["feature"], data_path), _labels(data["label"], data_path)
     n, types = x.shape[0], data["node_types"]
     if types.shape != (n,) or types.dtype.kind not in "iu":
-        raise DataError(f"{data_path}: node_types must be {n} integers, got shape {list(types.shape)} and dtype {types.dtype}")
+        raise DataError(
+            f"{data_path}: node_types must be {n} integers, got shape {list(types.shape)} and dtype {types.dtype}"
+        )
 
     adj = _load_npz(graph_path)
     _require(adj, ("row", "col", "shape", "format"), graph_path)
-    fmt = adj["format"].item()
-    if (fmt.decode() if isinstance(fmt, bytes) else str(fmt)) != "coo":
+    fmt = adj["format"].tolist() if adj["format"].shape == () else None
+    if (fmt.decode("latin1") if isinstance(fmt, bytes) else fmt) != "coo":
         raise DataError(f"{graph_path}: expected a COO matrix (scipy.sparse.save_npz), got format {fmt!r}")
     if tuple(adj["shape"].tolist()) != (n, n):
         raise DataError(f"{graph_path}: adjacency shape {adj['shape'].tolist()} does not match {n} nodes")

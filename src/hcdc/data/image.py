@@ -68,7 +68,8 @@ class ImageData:
             if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.ndim != 1:
                 return f"y_{split} must be an int64 tensor [N], got {_describe(y)}"
             if x.shape[1:] != self.x_train.shape[1:]:
-                return f"x_{split} images are {tuple(x.shape[1:])} (H,W,C) but x_train's are {tuple(self.x_train.shape[1:])}"
+                shapes = tuple(x.shape[1:]), tuple(self.x_train.shape[1:])
+                return f"x_{split} images are {shapes[0]} (H,W,C) but x_train's are {shapes[1]}"
             if len(x) != len(y):
                 return f"x_{split} has {len(x)} images but y_{split} has {len(y)} labels"
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
@@ -159,7 +160,9 @@ def _stratified_mask(labels: np.ndarray, size: Any, seed: int, what: str) -> np.
     return mask
 
 
-def split_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):
+def split_validation(
+    x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Seeded, class-stratified hold-out: returns ``(x_train, y_train, x_val, y_val)``.
 
     Each class gives ``val_size`` times its share of the images (10,000 of CIFAR-10's 50,000 is
@@ -214,10 +217,10 @@ class _Images:
             raise DataError(f"{where}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
         image = _decode(data, where)
         if self.size is None:
-            self.size, self.size_note = image.shape[:2], f" like {where}"
+            self.size, self.size_note = image.shape[:2], f" like {where} (all images must have one size)"
         if image.shape[:2] != self.size:
             (h, w), (eh, ew) = image.shape[:2], self.size
-            raise DataError(f"{where} is {w}x{h} pixels, expected {ew}x{eh}{self.size_note}: all images must have the same size")
+            raise DataError(f"{where} is {w}x{h} pixels, expected {ew}x{eh}{self.size_note}")
         self.items[split].setdefault(cls, []).append((_natural_key(filename), filename, image.tobytes()))
 
     def arrays(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -268,7 +271,7 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
 
 def _decode_jpg_archive(archive: Path) -> dict[str, np.ndarray]:
     """Decode every ``[prefix/]{train,test}/<class>/<image>`` member of a tar.gz into uint8 arrays."""
-    images = _Images(str(archive), size=(32, 32), size_note=" (CIFAR-10)")
+    images = _Images(str(archive), size=(32, 32), size_note=" for CIFAR-10")
     try:
         with (
             open(archive, "rb") as raw,
@@ -277,7 +280,8 @@ def _decode_jpg_archive(archive: Path) -> dict[str, np.ndarray]:
         ):
             for member in tar:
                 parts = PurePosixPath(member.name).parts
-                if not member.isfile() or len(parts) < 3 or parts[-3] not in ("train", "test") or parts[-1].startswith("."):
+                in_class_folder = len(parts) >= 3 and parts[-3] in ("train", "test")
+                if not member.isfile() or not in_class_folder or parts[-1].startswith("."):
                     continue
                 data = tar.extractfile(member).read()
                 images.add(parts[-3], parts[-2], parts[-1], data, f"{archive}:{member.name}")
@@ -287,10 +291,12 @@ def _decode_jpg_archive(archive: Path) -> dict[str, np.ndarray]:
     return {"classes": np.array(classes), "x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
-def load_cifar10_jpg(archive: str | Path, val_size: int = 10000, seed: int = 0, cache: str | Path | None = None) -> ImageData:
+def load_cifar10_jpg(
+    archive: str | Path, val_size: int = 10000, seed: int = 0, cache: str | Path | None = None
+) -> ImageData:
     """CIFAR-10 from the JPEG export (``[prefix/]train/<class>/*.jpg``, ``test/<class>/*.jpg``).
 
-    The archive is decoded once (about 15 s for 60,000 images) and the uint8 arrays are cached as
+    The archive is decoded once (15-30 s for 60,000 images) and the uint8 arrays are cached as
     an ``.npz`` in ``cache`` (default :func:`hcdc.paths.cache_dir`), keyed by the archive's size,
     mtime and first bytes. Classes are the sorted folder names (CIFAR-10's standard order); within a
     class the images keep their file-name order.
@@ -298,7 +304,8 @@ def load_cifar10_jpg(archive: str | Path, val_size: int = 10000, seed: int = 0, 
     archive = Path(archive)
     if not archive.is_file():
         raise DataError(f"missing CIFAR-10 archive: {archive}")
-    cache_file = Path(cache if cache is not None else cache_dir()) / f"{archive.name.split('.')[0]}-{_archive_key(archive)}.npz"
+    cache_root = Path(cache) if cache is not None else cache_dir()
+    cache_file = cache_root / f"{archive.name.split('.')[0]}-{_archive_key(archive)}.npz"
     arrays = _read_cache(cache_file)
     if arrays is None:
         arrays = _decode_jpg_archive(archive)
@@ -308,13 +315,12 @@ def load_cifar10_jpg(archive: str | Path, val_size: int = 10000, seed: int = 0, 
             atomic_write_bytes(cache_file, buffer.getvalue())
         except OSError as exc:
             warnings.warn(f"could not cache decoded images at {cache_file}: {exc}", stacklevel=2)
-    return _finish(
-        "cifar10", arrays["classes"].tolist(), arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], val_size, seed
-    )
+    classes = arrays["classes"].tolist()
+    return _finish("cifar10", classes, *(arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")), val_size, seed)
 
 
 def load_image_folder(root: str | Path, val_size: int | None = None, seed: int = 0, test_size: int = 0) -> ImageData:
-    """An image folder: ``root/train/<class>/<image>`` (plus optional ``root/test/<class>/``) or ``root/<class>/<image>``.
+    """An image folder: ``root/train/<class>/<image>`` (and optional ``root/test/<class>/``) or ``root/<class>/<image>``.
 
     Images (.png, .jpg, .jpeg, .bmp, .webp) are converted to RGB and must all have one size.
     Classes are the sorted train class folders; test classes must be the same set. Without a
@@ -329,10 +335,14 @@ def load_image_folder(root: str | Path, val_size: int | None = None, seed: int =
         raise DataError(f"{root} has a test/ folder, so test_size must be 0, got {test_size!r}")
     images = _Images(str(root))
     files = []
-    for split, folder in ({"train": root / "train", "test": root / "test"} if has_splits else {"train": root}).items():
-        for class_dir in sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.startswith(".")):
+    folders = {"train": root / "train", "test": root / "test"} if has_splits else {"train": root}
+    for split, folder in folders.items():
+        if not folder.is_dir():
+            continue
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
             images.add_class(split, class_dir.name)
-            files += [(split, class_dir.name, f) for f in class_dir.iterdir() if f.is_file() and not f.name.startswith(".")]
+            visible = [f for f in class_dir.iterdir() if f.is_file() and not f.name.startswith(".")]
+            files += [(split, class_dir.name, f) for f in visible]
     for split, cls, file in tqdm(files, desc=f"decoding {root.name}", unit="img", disable=len(files) < 1000):
         try:
             data = file.read_bytes()
@@ -360,7 +370,10 @@ class _CifarLayout(NamedTuple):
 
 
 _CIFAR_LAYOUTS = (
-    _CifarLayout("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta", "label_names", "labels"),
+    _CifarLayout(
+        "cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+        "batches.meta", "label_names", "labels",
+    ),
     _CifarLayout("cifar100", "cifar-100-python", ("train",), "test", "meta", "fine_label_names", "fine_labels"),
 )
 
@@ -405,9 +418,10 @@ def load_cifar_python(root: str | Path, val_size: int = 10000, seed: int = 0) ->
     found = [(root, layout) for layout in _CIFAR_LAYOUTS if (root / layout.meta).is_file()]
     if not found:
         found = [(root / layout.folder, layout) for layout in _CIFAR_LAYOUTS if (root / layout.folder).is_dir()]
-    if len(found) != 1:
-        what = "both CIFAR-10 and CIFAR-100 (pass one folder)" if found else "neither cifar-10-batches-py nor cifar-100-python"
-        raise DataError(f"{root}: found {what}")
+    if len(found) > 1:
+        raise DataError(f"{root}: holds both CIFAR-10 and CIFAR-100; pass one of their folders")
+    if not found:
+        raise DataError(f"{root}: found neither cifar-10-batches-py nor cifar-100-python, nor their files")
     folder, layout = found[0]
     meta = _cifar_pickle(folder / layout.meta)
     names = meta.get(layout.names_key)
@@ -417,11 +431,11 @@ def load_cifar_python(root: str | Path, val_size: int = 10000, seed: int = 0) ->
     x_test, y_test = _cifar_batch(folder / layout.test, layout.labels_key)
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
-    return _finish(layout.name, [_text(n) for n in names], x_train, y_train, np.ascontiguousarray(x_test), y_test, val_size, seed)
+    return _finish(layout.name, [_text(n) for n in names], x_train, y_train, x_test, y_test, val_size, seed)
 
 
 def load_image_npz(path: str | Path, val_size: int | None = None, seed: int = 0) -> ImageData:
-    """Images from an ``.npz``: ``x`` uint8 [N,H,W,C] and integer ``y`` [N], optional ``x_test``/``y_test`` and ``classes``.
+    """Images from an ``.npz``: ``x`` uint8 [N,H,W,C] and integer ``y`` [N]; optional ``x_test``, ``y_test``, ``classes``.
 
     Without ``classes`` the labels 0..max are named '0', '1', ...; without a test pair the test
     split is empty. ``val_size`` defaults to 20% of ``x``. The dataset is named after the file stem.
@@ -439,11 +453,12 @@ def load_image_npz(path: str | Path, val_size: int | None = None, seed: int = 0)
         raise DataError(f"cannot read {path} as an .npz archive ({type(exc).__name__}: {exc})") from None
     missing = [key for key in ("x", "y") if key not in arrays]
     if missing or (("x_test" in arrays) != ("y_test" in arrays)):
-        raise DataError(f"{path}: needs arrays 'x' and 'y' (and 'x_test' with 'y_test' together), found {sorted(arrays)}")
+        raise DataError(f"{path}: needs arrays 'x' and 'y' (and 'x_test' with 'y_test'), found {sorted(arrays)}")
     for key in ("x", "x_test"):
         x = arrays.get(key)
         if x is not None and (x.dtype != np.uint8 or x.ndim != 4):
-            hint = " (convert float images first, e.g. (x * 255).round().clip(0, 255).astype(np.uint8))" if x.dtype.kind == "f" else ""
+            hint = " (convert float images first, e.g. (x * 255).round().clip(0, 255).astype(np.uint8))"
+            hint = hint if x.dtype.kind == "f" else ""
             raise DataError(f"{path}: '{key}' must be uint8 images [N,H,W,C], got {_describe(x)}{hint}")
     for key in ("y", "y_test"):
         y = arrays.get(key)
@@ -460,6 +475,7 @@ def load_image_npz(path: str | Path, val_size: int | None = None, seed: int = 0)
     else:
         k = int(max(y.max(initial=0), y_test.max(initial=0))) + 1
         if k > len(y) + len(y_test):
-            raise DataError(f"{path}: labels go up to {k - 1} for {len(y) + len(y_test)} images; store a 'classes' array naming them")
+            n = len(y) + len(y_test)
+            raise DataError(f"{path}: labels go up to {k - 1} for {n} images; store a 'classes' array naming them")
         names = [str(i) for i in range(k)]
     return _finish(path.stem, names, x, y, x_test, y_test, val_size, seed)
