@@ -83,17 +83,18 @@ class TrainHessian:
             return self.train_loss
         return lambda p, h: self.train_loss(p, h, batch)
 
-    def _theta_vjp(self, b: int) -> Callable:
+    def _linearisation(self, b: int) -> Callable:
+        """vjp of ∂_θ L_train w.r.t. (θ, λ): one linearisation gives both H v and the mixed term."""
         if b in self._linearised:
             return self._linearised[b]
         grad_theta = grad(self._loss(self.batches[b]), argnums=0)
-        _, fn = vjp(lambda p: grad_theta(p, self.hparams), self.params)
+        _, fn = vjp(grad_theta, self.params, self.hparams)
         if self.num_batches == 1:
             self._linearised[b] = fn
         return fn
 
     def matvec(self, v: Tensor, step: int = 0) -> Tensor:
-        (hv,) = self._theta_vjp(step % self.num_batches)(unflatten(v, self.params))
+        hv, _ = self._linearisation(step % self.num_batches)(unflatten(v, self.params))
         return flatten(hv) + self.damping * v
 
     def mean_matvec(self, v: Tensor) -> Tensor:
@@ -103,9 +104,7 @@ class TrainHessian:
 
     def mixed(self, u: Tree) -> Tree:
         """(∂²L_train/∂λ∂θ) u: the derivative in λ of ⟨∂_θ L_train, u⟩ (on the first batch)."""
-        grad_theta = grad(self._loss(self.batches[0]), argnums=0)
-        _, fn = vjp(lambda h: grad_theta(self.params, h), self.hparams)
-        (out,) = fn(u)
+        _, out = self._linearisation(0)(u)
         return out
 
 
