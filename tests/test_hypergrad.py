@@ -9,7 +9,15 @@ from torch.func import functional_call
 from hcdc.errors import ConfigError
 from hcdc.hypergrad import flatten, hypergradient, make_solver
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Every test here runs in float64 (finite differences need it); the default is restored after."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 # ---------------------------------------------------------------- ridge regression, closed form

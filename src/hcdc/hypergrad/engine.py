@@ -84,17 +84,17 @@ class TrainHessian:
         return lambda p, h: self.train_loss(p, h, batch)
 
     def _linearisation(self, b: int) -> Callable:
-        """vjp of ∂_θ L_train w.r.t. (θ, λ): one linearisation gives both H v and the mixed term."""
+        """vjp of ∂_θ L_train(·, λ) at θ: products with H on batch ``b`` (cached in full-batch mode)."""
         if b in self._linearised:
             return self._linearised[b]
         grad_theta = grad(self._loss(self.batches[b]), argnums=0)
-        _, fn = vjp(grad_theta, self.params, self.hparams)
+        _, fn = vjp(lambda p: grad_theta(p, self.hparams), self.params)
         if self.num_batches == 1:
             self._linearised[b] = fn
         return fn
 
     def matvec(self, v: Tensor, step: int = 0) -> Tensor:
-        hv, _ = self._linearisation(step % self.num_batches)(unflatten(v, self.params))
+        (hv,) = self._linearisation(step % self.num_batches)(unflatten(v, self.params))
         return flatten(hv) + self.damping * v
 
     def mean_matvec(self, v: Tensor) -> Tensor:
@@ -103,8 +103,14 @@ class TrainHessian:
         return sum(self.matvec(v, b) for b in range(self.num_batches)) / self.num_batches
 
     def mixed(self, u: Tree) -> Tree:
-        """(∂²L_train/∂λ∂θ) u: the derivative in λ of ⟨∂_θ L_train, u⟩ (on the first batch)."""
-        _, out = self._linearisation(0)(u)
+        """(∂²L_train/∂λ∂θ) u: the derivative in λ of ⟨∂_θ L_train, u⟩ (on the first batch).
+
+        Linearised separately from H so that Hessian-vector products do not also pay for the
+        λ-cotangent; it is built once per call.
+        """
+        grad_theta = grad(self._loss(self.batches[0]), argnums=0)
+        _, fn = vjp(lambda h: grad_theta(self.params, h), self.hparams)
+        (out,) = fn(u)
         return out
 
 

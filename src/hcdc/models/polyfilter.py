@@ -18,6 +18,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def gcn_norm_weights(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(src, dst, weight) of Â = D̃^{-1/2}(A + I)D̃^{-1/2} for an undirected edge list without self-loops."""
+    loops = torch.arange(num_nodes, device=edge_index.device)
+    src = torch.cat([edge_index[0], loops])
+    dst = torch.cat([edge_index[1], loops])
+    deg = torch.zeros(num_nodes, device=edge_index.device).index_add_(0, dst, torch.ones_like(dst, dtype=torch.float))
+    inv_sqrt = deg.rsqrt()
+    return src, dst, inv_sqrt[src] * inv_sqrt[dst]
+
+
 @dataclass(frozen=True)
 class EdgeListOperator:
     """Â as weighted edges (self-loops included): ``(Â h)[i] = Σ_{(j→i)} w_ji h[j]``."""
@@ -30,12 +40,7 @@ class EdgeListOperator:
     @classmethod
     def from_edge_index(cls, edge_index: Tensor, num_nodes: int) -> "EdgeListOperator":
         """Build Â from an undirected edge list without self-loops (both directions present)."""
-        loops = torch.arange(num_nodes, device=edge_index.device)
-        src = torch.cat([edge_index[0], loops])
-        dst = torch.cat([edge_index[1], loops])
-        deg = torch.zeros(num_nodes, device=edge_index.device).index_add_(0, dst, torch.ones_like(dst, dtype=torch.float))
-        inv_sqrt = deg.rsqrt()
-        return cls(src, dst, inv_sqrt[src] * inv_sqrt[dst], num_nodes)
+        return cls(*gcn_norm_weights(edge_index, num_nodes), num_nodes)
 
     def __call__(self, h: Tensor) -> Tensor:
         msg = self.weight.to(h.dtype).unsqueeze(-1) * h[self.src]

@@ -1,0 +1,188 @@
+"""Training many filter configurations at once, on the original graph or on a proxy.
+
+C configurations are trained side by side as one stacked model: their parameters live in
+tensors with a configuration axis, the first layer's ``X W1`` is a single (sparse) product for all
+configurations, and each propagation by Â is one product on ``[N, C·H]``. Adam is elementwise, so
+this is exactly C independent trainings. Within a seed every configuration starts from the same
+initial weights and sees the same dropout masks (common random numbers), so differences between
+configurations are differences of λ, not of luck.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.graph import GraphData, row_normalize
+from ..models.polyfilter import DenseOperator, gcn_norm_weights
+from .space import TrainProtocol
+
+
+class _ConstSparseMM(torch.autograd.Function):
+    """``a @ h`` for a constant sparse CSR ``a`` whose transpose ``a_t`` is given (no re-sorting in backward)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, a_t: Tensor, h: Tensor) -> Tensor:
+        ctx.a_t = a_t
+        return torch.sparse.mm(a, h)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, None, torch.sparse.mm(ctx.a_t, grad)
+
+
+class SparseMatrix:
+    """A constant sparse matrix (CSR, with its transpose precomputed) usable as ``m @ dense``."""
+
+    def __init__(self, dense_or_coo: Tensor):
+        coo = dense_or_coo.to_sparse().coalesce() if not dense_or_coo.is_sparse else dense_or_coo.coalesce()
+        self.csr = coo.to_sparse_csr()
+        self.csr_t = coo.t().coalesce().to_sparse_csr()
+        self.shape = coo.shape
+
+    def __matmul__(self, h: Tensor) -> Tensor:
+        return _ConstSparseMM.apply(self.csr, self.csr_t, h)
+
+    def __call__(self, h: Tensor) -> Tensor:
+        return self @ h
+
+
+@dataclass(frozen=True, eq=False)
+class NodeGraph:
+    """What training needs: features (row-normalised; dense or sparse CSR), Â, labels and masks."""
+
+    x: Tensor | SparseMatrix
+    propagate: Callable[[Tensor], Tensor]
+    y: Tensor
+    train_mask: Tensor
+    val_mask: Tensor
+    test_mask: Tensor | None
+    num_classes: int
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x.shape[1])
+
+    @classmethod
+    def from_graph_data(cls, data: GraphData) -> "NodeGraph":
+        """The original graph: row-normalised features and Â as sparse CSR matrices."""
+        n = data.num_nodes
+        src, dst, w = gcn_norm_weights(data.edge_index, n)
+        a_hat = SparseMatrix(torch.sparse_coo_tensor(torch.stack([dst, src]), w, (n, n)))
+        x = row_normalize(data.x)
+        if float((x != 0).float().mean()) < 0.1:
+            x = SparseMatrix(x)
+        return cls(x, a_hat, data.y, data.train_mask, data.val_mask, data.test_mask, data.num_classes)
+
+    @classmethod
+    def from_dense(cls, x: Tensor, adj: Tensor, y: Tensor, train_mask: Tensor, val_mask: Tensor, num_classes: int) -> "NodeGraph":
+        """A small (synthetic) graph given by dense features and a dense weighted adjacency."""
+        op = DenseOperator.from_adjacency(adj)
+        return cls(x, op, y, train_mask, val_mask, None, num_classes)
+
+
+@dataclass
+class ConfigScores:
+    """Per-configuration results, averaged over the protocol's seeds (and per seed in ``per_seed``)."""
+
+    val_loss: Tensor
+    val_acc: Tensor
+    test_acc: Tensor | None
+    per_seed: list[dict[str, Tensor]]
+    seconds: float
+
+
+def _poly(propagate: Callable[[Tensor], Tensor], z: Tensor, lam: Tensor) -> Tensor:
+    """Σ_k λ[c,k] Â^k z[:, c] for z of shape [N, C, D]."""
+    n, c, d = z.shape
+    acc = z * lam[:, 0].view(1, c, 1)
+    for k in range(1, lam.shape[1]):
+        z = propagate(z.reshape(n, c * d)).reshape(n, c, d)
+        acc = acc + z * lam[:, k].view(1, c, 1)
+    return acc
+
+
+def _init(num_features: int, hidden: int, num_classes: int, configs: int, generator: torch.Generator) -> dict[str, Tensor]:
+    def uniform(shape, fan_in):
+        return (torch.rand(shape, generator=generator) * 2 - 1) / math.sqrt(fan_in)
+
+    w1 = uniform((num_features, 1, hidden), num_features).expand(num_features, configs, hidden)
+    return {
+        "w1": w1.reshape(num_features, configs * hidden).clone(),
+        "b1": uniform((1, hidden), num_features).expand(configs, hidden).clone(),
+        "w2": uniform((1, hidden, num_classes), hidden).expand(configs, hidden, num_classes).clone(),
+        "b2": uniform((1, num_classes), hidden).expand(configs, num_classes).clone(),
+    }
+
+
+def stacked_logits(params: dict[str, Tensor], lam: Tensor, graph: NodeGraph, keep: Tensor | None = None) -> Tensor:
+    """Logits [N, C, classes] of C configurations ``lam`` [C, K+1]; ``keep`` a dropout mask [N, 1, H]."""
+    c = lam.shape[0]
+    n = graph.y.shape[0]
+    xw = (graph.x @ params["w1"]).reshape(n, c, -1)
+    h = torch.relu(_poly(graph.propagate, xw, lam) + params["b1"])
+    if keep is not None:
+        h = h * keep
+    hw = torch.einsum("nch,cho->nco", h, params["w2"])
+    return _poly(graph.propagate, hw, lam) + params["b2"]
+
+
+def _masked_ce(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """Mean cross-entropy over ``mask`` nodes, per configuration: [C]."""
+    sel = logits[mask]  # [n, C, O]
+    target = y[mask].unsqueeze(1).expand(-1, sel.shape[1])
+    return F.cross_entropy(sel.permute(0, 2, 1), target, reduction="none").mean(0)
+
+
+def _accuracy(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    return (logits[mask].argmax(-1) == y[mask].unsqueeze(1)).float().mean(0)
+
+
+def train_stacked(graph: NodeGraph, lam: Tensor, protocol: TrainProtocol, seed: int) -> dict[str, Tensor]:
+    """Train C = len(lam) configurations on ``graph``'s training nodes; parameters at the last epoch."""
+    g = torch.Generator().manual_seed(int(seed))
+    params = _init(graph.num_features, protocol.hidden, graph.num_classes, lam.shape[0], g)
+    for p in params.values():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params.values(), lr=protocol.lr, weight_decay=protocol.weight_decay)
+    n = graph.y.shape[0]
+    for _ in range(protocol.epochs):
+        keep = None
+        if protocol.dropout > 0:
+            keep = (torch.rand(n, 1, protocol.hidden, generator=g) >= protocol.dropout).float() / (1 - protocol.dropout)
+        opt.zero_grad(set_to_none=True)
+        loss = _masked_ce(stacked_logits(params, lam, graph, keep), graph.y, graph.train_mask).sum()
+        loss.backward()
+        opt.step()
+    return {k: v.detach() for k, v in params.items()}
+
+
+def score_configs(graph: NodeGraph, lam: Tensor, protocol: TrainProtocol, chunk: int = 80) -> ConfigScores:
+    """Train every configuration of ``lam`` [C, K+1] under each protocol seed and score it.
+
+    Scores are the validation loss and accuracy on ``graph.val_mask`` and, when the graph has a
+    test mask, the test accuracy; configurations are processed ``chunk`` at a time.
+    """
+    import time
+
+    start = time.perf_counter()
+    per_seed = []
+    for seed in protocol.seeds:
+        parts: dict[str, list[Tensor]] = {"val_loss": [], "val_acc": [], "test_acc": []}
+        for lo in range(0, lam.shape[0], chunk):
+            lam_c = lam[lo : lo + chunk].float()
+            params = train_stacked(graph, lam_c, protocol, seed)
+            with torch.no_grad():
+                logits = stacked_logits(params, lam_c, graph)
+                parts["val_loss"].append(_masked_ce(logits, graph.y, graph.val_mask))
+                parts["val_acc"].append(_accuracy(logits, graph.y, graph.val_mask))
+                if graph.test_mask is not None:
+                    parts["test_acc"].append(_accuracy(logits, graph.y, graph.test_mask))
+        per_seed.append({k: torch.cat(v) for k, v in parts.items() if v})
+    mean = {k: torch.stack([s[k] for s in per_seed]).mean(0) for k in per_seed[0]}
+    return ConfigScores(mean["val_loss"], mean["val_acc"], mean.get("test_acc"), per_seed, time.perf_counter() - start)
