@@ -11,6 +11,7 @@ configurations are differences of λ, not of luck.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -162,15 +163,18 @@ def train_stacked(graph: NodeGraph, lam: Tensor, protocol: TrainProtocol, seed: 
     return {k: v.detach() for k, v in params.items()}
 
 
-def score_configs(graph: NodeGraph, lam: Tensor, protocol: TrainProtocol, chunk: int = 80) -> ConfigScores:
-    """Train every configuration of ``lam`` [C, K+1] under each protocol seed and score it.
+def score_configs(
+    graph: NodeGraph, lam: Tensor, protocol: TrainProtocol, chunk: int = 16, evaluate_on: NodeGraph | None = None
+) -> ConfigScores:
+    """Train every configuration of ``lam`` [C, K+1] on ``graph`` under each protocol seed and score it.
 
-    Scores are the validation loss and accuracy on ``graph.val_mask`` and, when the graph has a
-    test mask, the test accuracy; configurations are processed ``chunk`` at a time.
+    Scores are the validation loss and accuracy on the validation nodes and, when there is a test
+    mask, the test accuracy, all measured on ``evaluate_on`` (default: ``graph`` itself; pass the
+    original graph to measure how models trained on a proxy transfer). Configurations are
+    processed ``chunk`` at a time (16 is fastest on 2 CPU cores for Cora-sized graphs).
     """
-    import time
-
     start = time.perf_counter()
+    target = evaluate_on if evaluate_on is not None else graph
     per_seed = []
     for seed in protocol.seeds:
         parts: dict[str, list[Tensor]] = {"val_loss": [], "val_acc": [], "test_acc": []}
@@ -178,11 +182,11 @@ def score_configs(graph: NodeGraph, lam: Tensor, protocol: TrainProtocol, chunk:
             lam_c = lam[lo : lo + chunk].float()
             params = train_stacked(graph, lam_c, protocol, seed)
             with torch.no_grad():
-                logits = stacked_logits(params, lam_c, graph)
-                parts["val_loss"].append(_masked_ce(logits, graph.y, graph.val_mask))
-                parts["val_acc"].append(_accuracy(logits, graph.y, graph.val_mask))
-                if graph.test_mask is not None:
-                    parts["test_acc"].append(_accuracy(logits, graph.y, graph.test_mask))
+                logits = stacked_logits(params, lam_c, target)
+                parts["val_loss"].append(_masked_ce(logits, target.y, target.val_mask))
+                parts["val_acc"].append(_accuracy(logits, target.y, target.val_mask))
+                if target.test_mask is not None:
+                    parts["test_acc"].append(_accuracy(logits, target.y, target.test_mask))
         per_seed.append({k: torch.cat(v) for k, v in parts.items() if v})
     mean = {k: torch.stack([s[k] for s in per_seed]).mean(0) for k in per_seed[0]}
     return ConfigScores(mean["val_loss"], mean["val_acc"], mean.get("test_acc"), per_seed, time.perf_counter() - start)

@@ -1,0 +1,58 @@
+"""Scoring a graph proxy: does it rank filter configurations as the original graph does?
+
+Every configuration is trained on the proxy's training nodes (the protocol of
+:class:`~hcdc.graph.space.TrainProtocol`); its proxy score is the validation loss on the proxy's
+validation nodes (lower is better). The ground truth is the validation accuracy of the same
+configuration trained on the original graph. Reported: Spearman, Kendall τ-b, top-k overlap,
+regret, and Perf — the true test accuracy of the configuration the proxy picks, next to the test
+accuracy of the configuration the original graph's validation accuracy picks (the oracle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..artifacts import Proxy
+from ..data.graph import GraphData
+from ..metrics import ranking_report
+from .groundtruth import GroundTruth, ground_truth
+from .space import TrainProtocol
+from .train import ConfigScores, NodeGraph, score_configs
+
+
+def proxy_graph(proxy: Proxy) -> NodeGraph:
+    """The proxy as a trainable graph (dense features and adjacency)."""
+    t = proxy.tensors
+    return NodeGraph.from_dense(t["x"], t["adj"], t["y"], t["train_mask"], t["val_mask"], proxy.num_classes)
+
+
+@dataclass
+class ProxyEvaluation:
+    """A proxy's scores on configurations ``lam`` next to their ground truth."""
+
+    lam: Tensor
+    proxy: ConfigScores
+    truth: GroundTruth
+    report: dict[str, float]
+    perf: float
+    oracle_perf: float
+
+    def row(self) -> dict[str, float]:
+        """A flat record: ranking metrics, Perf, oracle Perf, proxy seconds per configuration."""
+        return {**self.report, "perf": self.perf, "oracle_perf": self.oracle_perf,
+                "proxy_seconds_per_config": self.proxy.seconds / len(self.lam) / max(1, len(self.proxy.per_seed))}
+
+
+def evaluate_proxy(proxy: Proxy, data: GraphData, lam: Tensor, protocol: TrainProtocol,
+                   truth: GroundTruth | None = None, k: int = 5) -> ProxyEvaluation:
+    """Train ``lam`` on the proxy, score on its validation nodes, and compare with the ground truth."""
+    truth = truth if truth is not None else ground_truth(data, lam, protocol)
+    scores = score_configs(proxy_graph(proxy), lam, protocol)
+    report = ranking_report(scores.val_loss.numpy(), truth.val_acc.numpy(), proxy_higher_is_better=False,
+                            true_higher_is_better=True, k=min(k, len(lam)))
+    pick = int(torch.argmin(scores.val_loss))
+    oracle = int(torch.argmax(truth.val_acc))
+    return ProxyEvaluation(lam, scores, truth, report, float(truth.test_acc[pick]), float(truth.test_acc[oracle]))
