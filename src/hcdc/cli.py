@@ -56,6 +56,63 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_graph(args: argparse.Namespace, dataset: str | None = None, graph_file: str | None = None):
+    from .data import get_spec, load_dataset, load_graph_file
+    from .errors import ConfigError
+
+    graph_file = graph_file or getattr(args, "graph_file", None)
+    if graph_file:
+        return load_graph_file(graph_file)
+    name = dataset or args.dataset
+    if get_spec(name).kind != "graph":
+        raise ConfigError(f"dataset '{name}' is not a graph dataset")
+    return load_dataset(name, args.data_root)
+
+
+def _cmd_condense(args: argparse.Namespace) -> int:
+    import json
+
+    from .artifacts import save_proxy
+    from .errors import ConfigError
+    from .graph import make_condenser
+
+    if args.out.exists() and not args.overwrite:
+        raise ConfigError(f"output directory {args.out} already exists (pass --overwrite to replace it)")
+    options = json.loads(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        raise ConfigError("--options must be a JSON object")
+    condenser = make_condenser(args.method, **options)  # unknown method/options fail before loading data
+    data = _load_graph(args)
+    proxy = condenser.condense(data, args.ratio, args.seed, progress=True)
+    proxy.meta["config"] = {**proxy.meta["config"], "graph_file": str(args.graph_file) if args.graph_file else None}
+    save_proxy(proxy, args.out, overwrite=args.overwrite)
+    m = proxy.meta
+    print(f"{m['method']} proxy of {m['dataset']}: r={m['ratio']}, {m['train_nodes']} training + {m['val_nodes']} "
+          f"validation nodes ({100 * m['fraction_of_graph']:.2f}% of the graph), "
+          f"{sum(m['timings'].values()):.1f} s -> {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .artifacts import load_proxy
+    from .graph import FilterSpace, TrainProtocol, evaluate_proxy
+    from .graph.report import plot_scores
+
+    proxy = load_proxy(args.directory)
+    data = _load_graph(args, proxy.meta["dataset"], proxy.meta["config"].get("graph_file"))
+    lam = FilterSpace().sample(args.configs, args.config_seed)
+    ev = evaluate_proxy(proxy, data, lam, TrainProtocol(seeds=tuple(range(args.seeds))))
+    r = ev.row()
+    print(f"{proxy.meta['method']} on {proxy.meta['dataset']} (r={proxy.meta['ratio']}), {args.configs} configurations "
+          f"(seed {args.config_seed}):")
+    print(f"  Spearman {r['spearman']:.3f}  Kendall {r['kendall']:.3f}  top-5 {r['top_k']:.2f}  "
+          f"regret {100 * r['regret']:.2f} pts  Perf {100 * r['perf']:.1f} (oracle {100 * r['oracle_perf']:.1f})")
+    plot = args.plot or args.directory / "scores.png"
+    plot_scores(ev, plot, title=f"{proxy.meta['method']} on {proxy.meta['dataset']}")
+    print(f"  plot: {plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hcdc", description="Hyperparameter Calibrated Dataset Condensation.")
     parser.add_argument("--version", action="version", version=f"hcdc {__version__}")
@@ -67,6 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-file", type=Path, default=None,
                    help="describe an image dataset instead: .npz (x uint8 NHWC, y), CIFAR batch folder, or image folder")
     p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser("condense", help="condense a graph into a proxy directory")
+    p.add_argument("--dataset", default="cora", help="registered graph dataset (default: cora)")
+    p.add_argument("--graph-file", type=Path, default=None, help="a graph .npz instead of a registered dataset")
+    p.add_argument("--method", default="hcdc", help="random, gcond, gcond-x or hcdc")
+    p.add_argument("--ratio", type=float, default=0.5, help="synthetic training nodes per labelled node, in (0, 1]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--options", default=None, help="condenser options as a JSON object")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--data-root", type=Path, default=None)
+    p.set_defaults(func=_cmd_condense)
+
+    p = sub.add_parser("evaluate", help="rank sampled configurations on a proxy against the original graph")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--configs", type=int, default=80)
+    p.add_argument("--config-seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=2, help="training seeds per configuration")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of proxy score vs true accuracy (default: DIR/scores.png)")
+    p.add_argument("--data-root", type=Path, default=None)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("info", help="describe a proxy directory (proxy.safetensors + meta.json)")
     p.add_argument("directory", type=Path)

@@ -150,6 +150,16 @@ class GraphData:
             "test": int(self.test_mask.sum()),
         }
 
+    def induced_adjacency(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Dense binary adjacency [n, n] of the subgraph induced by ``nodes`` (in that order)."""
+        local = torch.full((self.num_nodes,), -1, dtype=torch.long)
+        local[nodes] = torch.arange(len(nodes))
+        src, dst = local[self.edge_index[0]], local[self.edge_index[1]]
+        inside = (src >= 0) & (dst >= 0)
+        adj = torch.zeros(len(nodes), len(nodes))
+        adj[src[inside], dst[inside]] = 1.0
+        return adj
+
     def to_pyg(self) -> Data:
         """The same graph as a ``torch_geometric.data.Data`` (tensors are shared, not copied)."""
         from torch_geometric.data import Data

@@ -112,7 +112,7 @@ def calibrate_validation(
     """Learn the synthetic validation nodes of an HCDC graph proxy (see the module docstring)."""
     start = time.perf_counter()
     g = torch.Generator().manual_seed(int(seed))
-    real_x = row_normalize(data.x)
+    real_x = polyfilter.SparseFeatures.from_dense(row_normalize(data.x))
     real_op = polyfilter.EdgeListOperator.from_edge_index(data.edge_index, data.num_nodes)
     syn_op = polyfilter.DenseOperator.from_adjacency(adj_train)
 
@@ -124,7 +124,7 @@ def calibrate_validation(
         if len(pool) == 0:
             pool = torch.nonzero(data.train_mask & (data.y == c)).view(-1)
         init.append(pool[torch.randint(len(pool), (int(n),), generator=g)])
-    x_val = real_x[torch.cat(init)].clone().requires_grad_(True)
+    x_val = row_normalize(data.x)[torch.cat(init)].clone().requires_grad_(True)
     opt_val = torch.optim.Adam([x_val], lr=config.lr_features)
 
     def val_adjacency(x: Tensor) -> Tensor:
@@ -172,7 +172,7 @@ def calibrate_validation(
                 opt_val.zero_grad(set_to_none=True)
                 loss.backward()
                 opt_val.step()
-                history.append(float(loss))
+                history.append(float(loss.detach()))
                 step = g_s.detach()
                 lam = space.clamp(lam - config.lr_lambda * step / step.norm().clamp_min(1e-12))
             bar.update(1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,6 +23,10 @@ from torch import Tensor
 from ..data.graph import GraphData, row_normalize
 from ..models.polyfilter import DenseOperator, gcn_norm_weights
 from .space import TrainProtocol
+
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
 class _ConstSparseMM(torch.autograd.Function):
