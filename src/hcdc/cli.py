@@ -113,6 +113,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .graph.demo import run_demo
+
+    run_demo(_load_graph(args), args.out, configs=args.configs)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hcdc", description="Hyperparameter Calibrated Dataset Condensation.")
     parser.add_argument("--version", action="version", version=f"hcdc {__version__}")
@@ -124,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-file", type=Path, default=None,
                    help="describe an image dataset instead: .npz (x uint8 NHWC, y), CIFAR batch folder, or image folder")
     p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser("demo", help="a few-minute demo: Random, GCond-X, GCond and HCDC proxies of Cora ranked")
+    p.add_argument("--dataset", default="cora")
+    p.add_argument("--configs", type=int, default=24)
+    p.add_argument("--out", type=Path, default=Path("demo-output"))
+    p.add_argument("--data-root", type=Path, default=None)
+    p.set_defaults(func=_cmd_demo, graph_file=None)
 
     p = sub.add_parser("condense", help="condense a graph into a proxy directory")
     p.add_argument("--dataset", default="cora", help="registered graph dataset (default: cora)")

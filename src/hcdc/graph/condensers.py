@@ -75,8 +75,10 @@ class GraphCondenser:
         """A proxy of ``data`` at ``ratio`` (see :func:`proxy_sizes`) built with condensation seed ``seed``."""
         raise NotImplementedError
 
-    def _proxy(self, data: GraphData, ratio: float, seed: int, tensors: dict[str, Tensor], timings: dict) -> Proxy:
-        """Wrap the proxy tensors with the standard metadata and validate them."""
+    def _proxy(
+        self, data: GraphData, ratio: float, seed: int, tensors: dict[str, Tensor], timings: dict, **extra_meta
+    ) -> Proxy:
+        """The proxy tensors with the standard metadata (plus ``extra_meta``), validated."""
         n = int(tensors["y"].shape[0])
         proxy = Proxy(
             kind="graph",
@@ -96,6 +98,7 @@ class GraphCondenser:
                 "train_nodes": int(tensors["train_mask"].sum()),
                 "val_nodes": int(tensors["val_mask"].sum()),
                 "fraction_of_graph": n / data.num_nodes,
+                **extra_meta,
             },
         )
         proxy.validate()
@@ -236,11 +239,12 @@ _OPTION_MINIMUM = {"inner_loops": 0, "adj_epochs": 0, "feat_epochs": 0, "pge_lay
 
 
 def _options(options: dict) -> GCondOptions:
-    try:
-        return GCondOptions(**options)
-    except TypeError:
-        known = ", ".join(f.name for f in fields(GCondOptions))
-        raise ConfigError(f"unknown GCond option(s) {sorted(options)} (known: {known})") from None
+    """Validated GCond options; ConfigError naming unknown ones."""
+    known = [f.name for f in fields(GCondOptions)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown GCond option(s) {unknown} (known: {', '.join(known)})")
+    return GCondOptions(**options)
 
 
 @dataclass
@@ -499,12 +503,10 @@ class _GCondBase(GraphCondenser):
             "train_mask": train_mask,
             "val_mask": val_mask,
         }
-        proxy = self._proxy(
-            data, ratio, seed, tensors, {"synthesis": result.seconds, "split": time.perf_counter() - start}
+        timings = {"synthesis": result.seconds, "split": time.perf_counter() - start}
+        return self._proxy(
+            data, ratio, seed, tensors, timings, synthesis_reused=reused, final_matching_loss=result.history[-1]
         )
-        proxy.meta["synthesis_reused"] = reused
-        proxy.meta["final_matching_loss"] = result.history[-1]
-        return proxy
 
 
 @register_condenser("gcond")

@@ -1,0 +1,179 @@
+"""Graph table (the paper's Table 2): how well each proxy ranks polynomial filters on Cora / CiteSeer.
+
+For each dataset × ratio r × method × condensation seed: condense, train every sampled
+configuration on the proxy, rank by proxy validation loss, and compare with the ground truth
+(configurations trained on the original graph, ranked by validation accuracy). Also on a second,
+held-out set of configurations drawn with another seed. Per-configuration evaluation time on the
+proxy and on the whole graph are measured in the same run (the speed-up and the break-even number of
+configurations beyond which condensing + searching on the proxy beats searching on the graph).
+
+Proxies are cached under ``$HCDC_CACHE/proxies`` and ground truth under ``$HCDC_CACHE/groundtruth``,
+so an interrupted run resumes where it stopped.
+
+    python bench/graph_table.py                      # the full table (hours on 2 CPU cores)
+    python bench/graph_table.py --datasets cora --ratios 0.5 --condense-seeds 0 --configs 40 --train-seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hcdc.artifacts import load_proxy, save_proxy
+from hcdc.data import load_dataset
+from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol, evaluate_proxy, ground_truth, make_condenser, score_configs
+from hcdc.graph.report import markdown_table
+from hcdc.io import atomic_write_bytes, atomic_write_json
+from hcdc.paths import cache_dir
+from hcdc.runinfo import machine_info, package_versions
+
+RESULTS = Path(__file__).parent / "results"
+PAPER = {("cora", 0.25): 0.80, ("cora", 0.5): 0.85, ("cora", 1.0): 0.90,
+         ("citeseer", 0.25): 0.79, ("citeseer", 0.5): 0.83, ("citeseer", 1.0): 0.89}
+
+
+def cached_proxy(data, method: str, ratio: float, seed: int, options: dict):
+    """Condense (or reuse a cached proxy of) ``data``; returns (proxy, condensation seconds)."""
+    key = hashlib.sha256(json.dumps([data.name, method, ratio, seed, options], sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir() / "proxies" / f"{data.name.lower()}-{method}-{ratio}-{seed}-{key}"
+    if (path / "meta.json").exists():
+        proxy = load_proxy(path)
+    else:
+        proxy = make_condenser(method, **options).condense(data, ratio, seed, progress=True)
+        save_proxy(proxy, path, overwrite=True)
+    return proxy, sum(proxy.meta["timings"].values())
+
+
+def whole_graph_seconds_per_config(data, lam, protocol) -> float:
+    """Training + scoring time of one configuration on the whole graph (16 configurations, one seed)."""
+    one_seed = TrainProtocol(**{**protocol.as_dict(), "seeds": (protocol.seeds[0],)})
+    scores = score_configs(NodeGraph.from_graph_data(data), lam[:16], one_seed)
+    return scores.seconds / min(16, len(lam))
+
+
+def _mean_std(values):
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_cell(data, lam, lam_ho, gt, gt_ho, protocol, method, ratio, seeds, options, whole_per_config) -> dict:
+    evals, evals_ho, condense_s, eval_s, proxies = [], [], [], [], []
+    for seed in seeds:
+        proxy, seconds = cached_proxy(data, method, ratio, seed, options)
+        start = time.perf_counter()
+        ev = evaluate_proxy(proxy, data, lam, protocol, gt)
+        eval_s.append(time.perf_counter() - start)
+        evals.append(ev)
+        evals_ho.append(evaluate_proxy(proxy, data, lam_ho, protocol, gt_ho))
+        condense_s.append(seconds)
+        proxies.append(proxy)
+    sp = _mean_std([e.report["spearman"] for e in evals])
+    sp_ho = _mean_std([e.report["spearman"] for e in evals_ho])
+    proxy_per_config = statistics.fmean(e.row()["proxy_seconds_per_config"] for e in evals)
+    gain = whole_per_config - proxy_per_config
+    meta = proxies[0].meta
+    return {
+        "dataset": data.name.lower(), "method": method, "r": ratio, "nodes": meta["nodes"],
+        "train_nodes": meta["train_nodes"], "val_nodes": meta["val_nodes"],
+        "fraction_of_graph": meta["fraction_of_graph"],
+        "spearman_mean": sp[0], "spearman_std": sp[1],
+        "kendall_mean": statistics.fmean(e.report["kendall"] for e in evals),
+        "top5_mean": statistics.fmean(e.report["top_k"] for e in evals),
+        "regret_mean": statistics.fmean(e.report["regret"] for e in evals),
+        "perf_mean": statistics.fmean(e.perf for e in evals), "whole_graph_perf": evals[0].oracle_perf,
+        "heldout_spearman_mean": sp_ho[0], "heldout_spearman_std": sp_ho[1],
+        "condense_seconds": statistics.fmean(condense_s), "eval_seconds": statistics.fmean(eval_s),
+        "proxy_seconds_per_config": proxy_per_config, "whole_seconds_per_config": whole_per_config,
+        "eval_speedup": whole_per_config / proxy_per_config,
+        "break_even_configs": (statistics.fmean(condense_s) / gain) if gain > 0 else None,
+        "paper_hcdc_spearman": PAPER.get((data.name.lower(), ratio)), "condense_seeds": list(seeds),
+    }
+
+
+def ablation(data, lam, gt, protocol, ratio, seed) -> list[dict]:
+    rows = []
+    variants = [("neumann_terms", j, {"neumann_terms": j}) for j in (0, 1, 5, 20)]
+    variants += [("candidates", p, {"candidates": p}) for p in (2, 8)]
+    variants += [("train_method", m, {"train_method": m}) for m in ("gcond", "random", "gcond-x")]
+    for what, value, opts in variants:
+        proxy, seconds = cached_proxy(data, "hcdc", ratio, seed, opts)
+        ev = evaluate_proxy(proxy, data, lam, protocol, gt)
+        rows.append({"dataset": data.name.lower(), "r": ratio, "ablation": what, "value": value,
+                     "spearman": ev.report["spearman"], "kendall": ev.report["kendall"], "condense_seconds": seconds})
+        print(f"ablation {what}={value}: rho={ev.report['spearman']:.3f} ({seconds:.0f}s)", file=sys.stderr)
+    return rows
+
+
+def to_markdown(result: dict) -> str:
+    cols = [("dataset", "dataset", ""), ("method", "method", ""), ("r", "r", ""), ("train_nodes", "train nodes", ""),
+            ("val_nodes", "val nodes", ""), ("fraction_of_graph", "fraction", ".2%"),
+            ("spearman_mean", "Spearman", ".3f"), ("spearman_std", "±", ".3f"), ("kendall_mean", "Kendall", ".3f"),
+            ("heldout_spearman_mean", "held-out ρ", ".3f"), ("top5_mean", "top-5", ".2f"),
+            ("perf_mean", "Perf", ".3f"), ("whole_graph_perf", "whole-graph Perf", ".3f"),
+            ("paper_hcdc_spearman", "paper HCDC ρ", ""), ("condense_seconds", "condense s", ".0f"),
+            ("eval_speedup", "eval speed-up", ".1f"), ("break_even_configs", "break-even configs", ".0f")]
+    parts = [f"# Graph proxies: ranking of {result['configs']} polynomial filters (K = 3)", "",
+             f"Command: `{result['command']}`  ", f"Machine: {result['machine']['processor']}, "
+             f"{result['machine']['cpu_count']} cores; torch {result['versions']['torch']}.  ",
+             f"Ground truth: {result['train_seeds']} training seed(s) per configuration; wall time "
+             + ", ".join(f"{k} {v:.0f} s" for k, v in result["ground_truth_seconds"].items()) + ".", "",
+             markdown_table(result["rows"], cols), "",
+             "Spearman/Kendall: proxy validation loss vs true validation accuracy; held-out ρ: configurations "
+             "drawn with another seed; Perf: true test accuracy of the proxy's pick among the sampled "
+             "configurations; whole-graph Perf: the same for the pick of the true validation accuracy."]
+    if result.get("ablation"):
+        parts += ["", "## Ablation (HCDC)", "", markdown_table(result["ablation"], [
+            ("dataset", "dataset", ""), ("r", "r", ""), ("ablation", "ablation", ""), ("value", "value", ""),
+            ("spearman", "Spearman", ".3f"), ("kendall", "Kendall", ".3f"), ("condense_seconds", "condense s", ".0f")])]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5, 1.0])
+    parser.add_argument("--methods", nargs="+", default=["random", "gcond-x", "gcond", "hcdc"])
+    parser.add_argument("--condense-seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--configs", type=int, default=80)
+    parser.add_argument("--config-seed", type=int, default=0)
+    parser.add_argument("--heldout-seed", type=int, default=1)
+    parser.add_argument("--train-seeds", type=int, default=2)
+    parser.add_argument("--ablation", action="store_true", help="also the HCDC ablation on the first dataset at r = 0.5")
+    parser.add_argument("--name", default="graph_table")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    space, protocol = FilterSpace(), TrainProtocol(seeds=tuple(range(args.train_seeds)))
+    rows, gt_seconds, ablation_rows = [], {}, []
+    for name in args.datasets:
+        data = load_dataset(name)
+        lam, lam_ho = space.sample(args.configs, args.config_seed), space.sample(args.configs, args.heldout_seed)
+        gt, gt_ho = ground_truth(data, lam, protocol), ground_truth(data, lam_ho, protocol)
+        gt_seconds[name] = gt.seconds + gt_ho.seconds
+        whole = whole_graph_seconds_per_config(data, lam, protocol)
+        for ratio in args.ratios:
+            for method in args.methods:
+                row = run_cell(data, lam, lam_ho, gt, gt_ho, protocol, method, ratio, args.condense_seeds, {}, whole)
+                rows.append(row)
+                print(f"{name} r={ratio} {method}: rho={row['spearman_mean']:.3f}±{row['spearman_std']:.3f} "
+                      f"held-out {row['heldout_spearman_mean']:.3f} perf={row['perf_mean']:.3f}", file=sys.stderr)
+        if args.ablation and name == args.datasets[0]:
+            ablation_rows = ablation(data, lam, gt, protocol, 0.5, args.condense_seeds[0])
+    result = {"rows": rows, "ablation": ablation_rows, "configs": args.configs, "train_seeds": args.train_seeds,
+              "ground_truth_seconds": gt_seconds, "machine": machine_info(), "versions": package_versions(),
+              "command": "python bench/graph_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"{args.name}.json", result)
+    atomic_write_bytes(RESULTS / f"{args.name}.md", to_markdown(result).encode())
+    print(to_markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
