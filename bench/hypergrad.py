@@ -4,7 +4,7 @@ Problems (real data from ``../shared/data`` or ``$HCDC_DATA``):
 - ``gnn-cora``: the 2-layer polynomial-filter GNN (K = 3, hidden 64) on Cora, full batch,
   λ = the 4 filter coefficients, θ trained 200 Adam epochs; 92k parameters.
 - ``cnn-cifar10``: a 2-block CNN whose blocks mix conv3x3 / conv1x1 / avg-pool with weights λ
-  (DARTS-style, 2×3 hyperparameters), GroupNorm, on a 256-image CIFAR-10 batch (+256 validation).
+  (DARTS-style, 2×3 hyperparameters), GroupNorm, on a 64-image CIFAR-10 batch (+64 validation).
 - ``linear-cora-small``: the linear filter model g(Â)²(XP)W + b on Cora (P a fixed 1433→32
   projection; 231 parameters, float64, weight decay 5e-3, convex, solved by L-BFGS), small enough
   to form H densely: its rows report the error against the exact dense solve.
@@ -121,8 +121,8 @@ def _cnn_problem(prepared: dict | None, batch_file: Path):
     else:
         data = load_cifar10_jpg(default_data_root() / "cifar10" / "cifar10-jpg.tar.gz")
         g = torch.Generator().manual_seed(0)
-        tr = torch.randperm(len(data.y_train), generator=g)[:256]
-        va = torch.randperm(len(data.y_val), generator=g)[:256]
+        tr = torch.randperm(len(data.y_train), generator=g)[:64]
+        va = torch.randperm(len(data.y_val), generator=g)[:64]
         batch = {"x": data.normalized("train")[tr], "y": data.y_train[tr], "xv": data.normalized("val")[va], "yv": data.y_val[va]}
         save_file(batch, str(batch_file))
     torch.manual_seed(0)
@@ -245,7 +245,7 @@ def _subprocess_row(*args) -> dict:
     """Time one row in a fresh process, then measure its peak memory in another."""
     result = {}
     for measure, env in (("time", {}), ("memory", _MMAP_ENV)):
-        cmd = [sys.executable, __file__, "--row", *map(str, args), measure]
+        cmd = [sys.executable, __file__, "--threads", str(torch.get_num_threads()), "--row", *map(str, args), measure]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
         if out.returncode:
             raise RuntimeError(f"row {args} failed:\n{out.stderr[-3000:]}")
@@ -338,7 +338,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--row", nargs=7, metavar=("PROBLEM", "IMPL", "SOLVER", "TERMS", "ALPHA", "WORKDIR", "MEASURE"))
     parser.add_argument("--problems", nargs="+", default=["linear-cora-small", "gnn-cora", "cnn-cifar10"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per measurement (1: timings stay stable on a shared 2-core machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.row:
         problem, impl, solver, terms, alpha, workdir, measure = args.row

@@ -16,6 +16,8 @@ from hcdc.graph.condensers import (
     CONDENSERS,
     GraphCondenser,
     _class_gradients,
+    _init_pge,
+    _pge,
     _real_class_gradients,
     class_counts,
     make_condenser,
@@ -210,6 +212,18 @@ def test_gcond_result_shapes_and_adjacency(sbm, tiny_gcond):
         assert (adj.diagonal() == 0).all()
     assert torch.equal(r.adj, r.adjacency_fn(r.x))
     assert not r.adj.requires_grad and not r.x.requires_grad
+
+
+def test_pge_with_hidden_layers_freezes_its_batch_statistics():
+    g = torch.Generator().manual_seed(0)
+    params = _init_pge(12, 8, 4, g)
+    x = torch.rand(9, 12, generator=g)
+    adj, stats = _pge(params, x)
+    assert len(stats) == 3
+    assert torch.equal(adj, adj.T) and (adj.diagonal() == 0).all() and ((adj >= 0) & (adj <= 1)).all()
+    torch.testing.assert_close(_pge(params, x, stats)[0], adj)
+    sub = _pge(params, x[:4], stats)[0]  # frozen statistics: a node subset keeps its pairs' weights
+    torch.testing.assert_close(sub, adj[:4, :4])
 
 
 def test_gcond_is_deterministic(sbm, tiny_gcond):

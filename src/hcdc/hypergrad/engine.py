@@ -95,7 +95,7 @@ class TrainHessian:
 
     def matvec(self, v: Tensor, step: int = 0) -> Tensor:
         (hv,) = self._linearisation(step % self.num_batches)(unflatten(v, self.params))
-        return flatten(hv) + self.damping * v
+        return flatten(hv) + self.damping * v if self.damping else flatten(hv)
 
     def mean_matvec(self, v: Tensor) -> Tensor:
         if self.num_batches == 1:
