@@ -96,6 +96,8 @@ def _cmd_condense(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .artifacts import load_proxy
     from .graph import FilterSpace, TrainProtocol, evaluate_proxy
+    from .io import atomic_write_json
+    from .runinfo import run_record
     from .graph.report import plot_scores
 
     proxy = load_proxy(args.directory)
@@ -107,9 +109,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
           f"(seed {args.config_seed}):")
     print(f"  Spearman {r['spearman']:.3f}  Kendall {r['kendall']:.3f}  top-5 {r['top_k']:.2f}  "
           f"regret {100 * r['regret']:.2f} pts  Perf {100 * r['perf']:.1f} (oracle {100 * r['oracle_perf']:.1f})")
-    plot = args.plot or args.directory / "scores.png"
+    plot = args.plot or Path(f"{args.directory}-scores.png")
     plot_scores(ev, plot, title=f"{proxy.meta['method']} on {proxy.meta['dataset']}")
-    print(f"  plot: {plot}")
+    record = run_record({"proxy": str(args.directory), "configs": args.configs, "config_seed": args.config_seed,
+                         "training_seeds": args.seeds}, args.config_seed, {"proxy_training": ev.proxy.seconds})
+    record["results"] = {**r, "proxy_val_loss": ev.proxy.val_loss.tolist(), "true_val_acc": ev.truth.val_acc.tolist()}
+    atomic_write_json(plot.with_suffix(".json"), record)
+    print(f"  plot: {plot}; results: {plot.with_suffix('.json')}")
     return 0
 
 
@@ -156,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", type=int, default=80)
     p.add_argument("--config-seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=2, help="training seeds per configuration")
-    p.add_argument("--plot", type=Path, default=None, help="PNG of proxy score vs true accuracy (default: DIR/scores.png)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of proxy score vs true accuracy (default: DIR-scores.png; results beside it as .json)")
     p.add_argument("--data-root", type=Path, default=None)
     p.set_defaults(func=_cmd_evaluate)
 

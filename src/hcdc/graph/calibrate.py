@@ -5,10 +5,12 @@ Algorithm 1, for the continuous space of polynomial filters λ ∈ [low, high]^{
 
 - S_train (features, adjacency, labels) is fixed, produced by any condenser (GCond by default).
 - S_val is ``n_val`` synthetic nodes with learnable features and fixed labels (in the class
-  proportions of the real validation nodes), initialised from real validation nodes of their
-  class. They form their own block of the proxy graph: the adjacency among them is the condenser's
-  adjacency model applied to their features (GCond's PGE; identity structure if there is none),
-  and they have no edges to S_train. So L_train on the proxy, its Hessian and mixed partials do
+  proportions of the real validation nodes), initialised from distinct real validation nodes of
+  their class. They form their own block of the proxy graph with no edges to S_train; the
+  adjacency among them is (``val_structure``) the real graph's subgraph induced by the nodes they
+  start from (``"induced"``, the default), or the condenser's adjacency model applied to their
+  features (``"pge"``; GCond's learned adjacency links mostly nodes of different classes on Cora,
+  which inverts the ranking of smoothing filters, so it is not the default). So L_train on the proxy, its Hessian and mixed partials do
   not depend on S_val, and the proxy's hypergradient is a differentiable function of S_val.
 - From each of ``candidates`` sampled configurations λ_i (a seed stream disjoint from the
   evaluation configurations) run a trajectory: train θ_S on S_train and θ_T on the real graph from
@@ -46,11 +48,12 @@ class CalibrationConfig:
     repeats: int = 2
     epochs: int = 100
     align_every: int = 10
-    warmup: int = 10
+    warmup: int = 30
     neumann_terms: int = 10
-    lr_features: float = 0.01
+    lr_features: float = 1e-4
     lr_lambda: float = 0.1
     power_iterations: int = 8
+    val_structure: str = "induced"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -123,12 +126,19 @@ def calibrate_validation(
         pool = torch.nonzero(data.val_mask & (data.y == c)).view(-1)
         if len(pool) == 0:
             pool = torch.nonzero(data.train_mask & (data.y == c)).view(-1)
-        init.append(pool[torch.randint(len(pool), (int(n),), generator=g)])
-    x_val = row_normalize(data.x)[torch.cat(init)].clone().requires_grad_(True)
+        pick = torch.randperm(len(pool), generator=g)[: int(n)]
+        if len(pick) < int(n):
+            pick = torch.cat([pick, torch.randint(len(pool), (int(n) - len(pick),), generator=g)])
+        init.append(pool[pick])
+    init_nodes = torch.cat(init)
+    x_val = row_normalize(data.x)[init_nodes].clone().requires_grad_(True)
+    induced = data.induced_adjacency(init_nodes)
     opt_val = torch.optim.Adam([x_val], lr=config.lr_features)
 
     def val_adjacency(x: Tensor) -> Tensor:
-        return adjacency_fn(x) if adjacency_fn is not None else torch.zeros(x.shape[0], x.shape[0])
+        if config.val_structure == "pge" and adjacency_fn is not None:
+            return adjacency_fn(x)
+        return induced
 
     real_train_loss = _train_loss(real_x, real_op, data.y, data.train_mask, protocol.weight_decay)
     syn_train_loss = _train_loss(x_train, syn_op, y_train, torch.ones_like(y_train, dtype=torch.bool), protocol.weight_decay)

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..artifacts import FORMAT_VERSION, Proxy
 from ..data.graph import GraphData, row_normalize
@@ -432,7 +433,8 @@ def synthesize_gcond(data: GraphData, counts: Tensor, seed: int, progress: bool 
     opt_adj = torch.optim.Adam(pge.values(), lr=opts.lr_adj)
     lam = torch.tensor([0.0, 1.0])  # the GCN filter λ = (0, 1, 0, 0) without its zero tail
     history = []
-    for epoch in range(opts.epochs):
+    bar = tqdm(range(opts.epochs), desc="GCond", unit="epoch", disable=not progress)
+    for epoch in bar:
         params = {k: v.requires_grad_() for k, v in init_params(data.num_features, opts.hidden, num_classes, g).items()}
         opt_model = torch.optim.Adam(params.values(), lr=opts.lr_model)
         update_adj = epoch % (opts.adj_epochs + opts.feat_epochs) < opts.adj_epochs
@@ -458,8 +460,7 @@ def synthesize_gcond(data: GraphData, counts: Tensor, seed: int, progress: bool 
                 F.cross_entropy(logits(params, lam, x_fixed, op_fixed), y_syn).backward()
                 opt_model.step()
         history.append(sum(losses) / len(losses))
-        if progress:
-            print(f"gcond epoch {epoch + 1}/{opts.epochs}: matching loss {history[-1]:.4f}", flush=True)
+        bar.set_postfix(matching_loss=f"{history[-1]:.4f}")
 
     x = x_syn.detach().clone()
     frozen = {k: v.detach() for k, v in pge.items()}

@@ -107,7 +107,7 @@ class NeumannSolver(InverseHessianSolver):
     def solve(self, op: HessianOperator, b: Tensor) -> tuple[Tensor, int]:
         p, acc = b, b
         for j in range(self.terms):
-            p = p - self.alpha * op.matvec(p, j)
+            p = torch.add(p, op.matvec(p, j), alpha=-self.alpha)
             acc = acc + p
         return self.alpha * acc, self.terms
 
@@ -117,7 +117,7 @@ class NeumannSolver(InverseHessianSolver):
         # Σ_j (A_j⋯A_1)ᵀ b = Σ_j A_1⋯A_j b by Horner's rule from the last term down.
         s = b
         for j in reversed(range(self.terms)):
-            s = b + (s - self.alpha * op.matvec(s, j))
+            s = b + torch.add(s, op.matvec(s, j), alpha=-self.alpha)
         return self.alpha * s, self.terms
 
 
