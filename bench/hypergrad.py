@@ -38,7 +38,7 @@ from torch.func import functional_call
 
 from hcdc.data.graph import load_planetoid, row_normalize
 from hcdc.data.image import load_cifar10_jpg
-from hcdc.hypergrad import TrainHessian, flatten, hypergradient
+from hcdc.hypergrad import TrainHessian, flatten, hypergradient, minimize_lbfgs
 from hcdc.io import atomic_write_bytes, atomic_write_json
 from hcdc.models import polyfilter
 from hcdc.nn import GroupNorm
@@ -69,8 +69,8 @@ def _linear_problem(prepared: dict | None):
     def val_loss(p, h):
         return loss(p, h, data.val_mask)
 
-    params = prepared or _polish(train_loss, {"w": torch.zeros(32, data.num_classes, dtype=torch.float64),
-                                               "b": torch.zeros(data.num_classes, dtype=torch.float64)}, lam)
+    params = prepared or minimize_lbfgs(train_loss, {"w": torch.zeros(32, data.num_classes, dtype=torch.float64),
+                                               "b": torch.zeros(data.num_classes, dtype=torch.float64)}, lam, max_iter=2000)
     return train_loss, val_loss, params, lam
 
 
@@ -157,21 +157,6 @@ def _fit(train_loss, params, lam, steps, lr):
         opt.zero_grad()
         train_loss(p, lam).backward()
         opt.step()
-    return {k: v.detach() for k, v in p.items()}
-
-
-def _polish(train_loss, params, lam):
-    p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-    opt = torch.optim.LBFGS(list(p.values()), max_iter=2000, tolerance_grad=1e-9, tolerance_change=0,
-                            history_size=50, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = train_loss(p, lam)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
     return {k: v.detach() for k, v in p.items()}
 
 

@@ -7,7 +7,7 @@ import torch
 from torch.func import functional_call
 
 from hcdc.errors import ConfigError
-from hcdc.hypergrad import flatten, hypergradient, make_solver
+from hcdc.hypergrad import flatten, hypergradient, make_solver, minimize_lbfgs
 
 
 
@@ -125,17 +125,7 @@ def _mlp_problem(seed=0):
 
 def _solve_inner(train_loss, params, h, iters=60):
     """θ*(λ) by L-BFGS then Newton polishing (exact Hessian), to ~machine precision."""
-    p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-    opt = torch.optim.LBFGS(list(p.values()), max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = train_loss(p, h)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    p = minimize_lbfgs(train_loss, params, h, tolerance_grad=1e-12, tolerance_change=1e-14)
     flat = flatten({k: v.detach() for k, v in p.items()})
     shapes = {k: v.detach() for k, v in p.items()}
     from hcdc.hypergrad import unflatten

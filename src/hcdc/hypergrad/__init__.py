@@ -1,5 +1,6 @@
 """Implicit-differentiation hypergradients (IFT + Neumann / CG / dense inverse Hessian)."""
 
+from .inner import minimize_lbfgs
 from .engine import Hypergradient, ImplicitHypergradient, TrainHessian, flatten, hypergradient, unflatten
 from .solvers import (
     SOLVERS,
@@ -19,6 +20,7 @@ __all__ = [
     "flatten",
     "unflatten",
     "hypergradient",
+    "minimize_lbfgs",
     "SOLVERS",
     "ConjugateGradientSolver",
     "ExactSolver",
