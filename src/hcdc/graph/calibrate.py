@@ -93,7 +93,7 @@ def _neumann_alpha(train_loss, params, lam, iterations: int) -> float:
     return 1.0 / max(abs(est), 1e-6)
 
 
-def _adam_step(params: dict[str, Tensor], opt: torch.optim.Optimizer, loss: Tensor) -> None:
+def _adam_step(opt: torch.optim.Optimizer, loss: Tensor) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -164,9 +164,9 @@ def calibrate_validation(
             alphas: dict[str, float] = {}
             for epoch in range(config.epochs):
                 syn_logits = polyfilter.logits(theta["S"], lam, x_train, syn_op, protocol.dropout, g)
-                _adam_step(theta["S"], opts["S"], F.cross_entropy(syn_logits, y_train))
+                _adam_step(opts["S"], F.cross_entropy(syn_logits, y_train))
                 real_logits = polyfilter.logits(theta["T"], lam, real_x, real_op, protocol.dropout, g)
-                _adam_step(theta["T"], opts["T"], F.cross_entropy(real_logits[data.train_mask], data.y[data.train_mask]))
+                _adam_step(opts["T"], F.cross_entropy(real_logits[data.train_mask], data.y[data.train_mask]))
                 if epoch < config.warmup or (epoch - config.warmup) % config.align_every:
                     continue
                 th_s = {k: v.detach() for k, v in theta["S"].items()}
