@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from hcdc.artifacts import load_proxy, save_proxy
 from hcdc.data import load_dataset
@@ -148,7 +147,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--ablation", action="store_true", help="also the HCDC ablation on the first dataset at r = 0.5")
     parser.add_argument("--name", default="graph_table")
     args = parser.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
     space, protocol = FilterSpace(), TrainProtocol(seeds=tuple(range(args.train_seeds)))
     rows, gt_seconds, ablation_rows = [], {}, []
     for name in args.datasets:

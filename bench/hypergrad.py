@@ -74,14 +74,14 @@ def _linear_problem(prepared: dict | None):
     return train_loss, val_loss, params, lam
 
 
-def _gnn_problem(hidden: int, weight_decay: float, prepared: dict | None):
+def _gnn_problem(prepared: dict | None, hidden: int = 64):
     data = load_planetoid(default_data_root() / "planetoid", "cora")
     x = row_normalize(data.x)
     op = polyfilter.EdgeListOperator.from_edge_index(data.edge_index, data.num_nodes)
     lam = torch.tensor([0.6, 0.8, -0.3, 0.4])
 
     def train_loss(p, h):
-        reg = 0.5 * weight_decay * sum((w**2).sum() for w in p.values())
+        reg = 0.5 * WEIGHT_DECAY * sum((w**2).sum() for w in p.values())
         return polyfilter.node_loss(p, h, x, op, data.y, data.train_mask) + reg
 
     def val_loss(p, h):
@@ -142,7 +142,7 @@ def _cnn_problem(prepared: dict | None, batch_file: Path):
 
 def build(problem: str, prepared: dict | None, workdir: Path):
     if problem == "gnn-cora":
-        return _gnn_problem(64, WEIGHT_DECAY, prepared)
+        return _gnn_problem(prepared)
     if problem == "linear-cora-small":
         return _linear_problem(prepared)
     if problem == "cnn-cifar10":
@@ -158,19 +158,6 @@ def _fit(train_loss, params, lam, steps, lr):
         train_loss(p, lam).backward()
         opt.step()
     return {k: v.detach() for k, v in p.items()}
-
-
-def largest_eigenvalue(train_loss, params, lam, iters=30) -> float:
-    """λ_max(H) by power iteration on Hessian-vector products (sets the Neumann step α = 1/λ_max)."""
-    op = TrainHessian(train_loss, params, lam)
-    flat = flatten(params)
-    v = torch.randn(flat.numel(), generator=torch.Generator().manual_seed(0), dtype=flat.dtype)
-    v = v / v.norm()
-    for _ in range(iters):
-        w = op.matvec(v)
-        est = float(v @ w)
-        v = w / w.norm()
-    return est
 
 
 # ------------------------------------------------------------------ one row (in a subprocess)
@@ -257,7 +244,7 @@ def main(problems: list[str], torchopt_ok: bool) -> dict:
             train_loss, val_loss, params, lam = build(problem, None, workdir)
             setup = time.perf_counter() - start
             save_file(params, str(workdir / f"{problem}.safetensors"))
-            lmax = largest_eigenvalue(train_loss, params, lam)
+            lmax = TrainHessian(train_loss, params, lam).largest_eigenvalue(30, torch.Generator().manual_seed(0))
             alpha = 1.0 / lmax
             exact = problem == "linear-cora-small"
             reference = hypergradient(train_loss, val_loss, params, lam, "exact") if exact else \

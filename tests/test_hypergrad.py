@@ -228,3 +228,11 @@ def test_minibatch_neumann_gradient_uses_exact_transpose():
         return hypergradient(train_loss, val, params, lam, "neumann", terms=7, alpha=0.5, batches=batches, create_graph=cg)
 
     _check_data_gradient(hg_fn, torch.randn(10, 4, generator=g))
+
+
+def test_power_iteration_finds_the_largest_hessian_eigenvalue():
+    from hcdc.hypergrad import TrainHessian
+
+    pr = _ridge_problem()
+    op = TrainHessian(pr["train"], {"w": pr["theta"](pr["lam"])}, pr["lam"])
+    assert abs(op.largest_eigenvalue(200, torch.Generator().manual_seed(0)) - pr["lmax"]) < 1e-6 * pr["lmax"]

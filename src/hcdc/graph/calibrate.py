@@ -35,7 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data.graph import GraphData, row_normalize
-from ..hypergrad import TrainHessian, flatten, hypergradient
+from ..hypergrad import TrainHessian, hypergradient
 from ..models import polyfilter
 from .space import FilterSpace, TrainProtocol
 
@@ -78,19 +78,6 @@ def _train_loss(x: Tensor, op, y: Tensor, mask: Tensor, weight_decay: float):
         return polyfilter.node_loss(p, lam, x, op, y, mask) + reg
 
     return train_loss
-
-
-def _neumann_alpha(train_loss, params, lam, iterations: int) -> float:
-    """α = 1/λ_max(H) by power iteration, so the Neumann series converges (α·λ_max < 2)."""
-    op = TrainHessian(train_loss, params, lam)
-    v = torch.ones(flatten(params).numel())
-    v = v / v.norm()
-    est = 1.0
-    for _ in range(iterations):
-        w = op.matvec(v)
-        est = float(v @ w)
-        v = w / w.norm().clamp_min(1e-12)
-    return 1.0 / max(abs(est), 1e-6)
 
 
 def _adam_step(opt: torch.optim.Optimizer, loss: Tensor) -> None:
@@ -172,8 +159,9 @@ def calibrate_validation(
                 th_s = {k: v.detach() for k, v in theta["S"].items()}
                 th_t = {k: v.detach() for k, v in theta["T"].items()}
                 if not alphas:
-                    alphas = {"S": _neumann_alpha(syn_train_loss, th_s, lam, config.power_iterations),
-                              "T": _neumann_alpha(real_train_loss, th_t, lam, config.power_iterations)}
+                    # α = 1/λ_max(H) so the Neumann series converges (α·λ_max < 2)
+                    alphas = {side: 1.0 / max(abs(TrainHessian(loss_fn, th, lam).largest_eigenvalue(config.power_iterations)), 1e-6)
+                              for side, loss_fn, th in (("S", syn_train_loss, th_s), ("T", real_train_loss, th_t))}
                 g_t = hypergradient(real_train_loss, real_val_loss, th_t, lam, "neumann", residual=False,
                                     terms=config.neumann_terms, alpha=alphas["T"]).grad
                 g_s = hypergradient(syn_train_loss, syn_val_loss, th_s, lam, "neumann", residual=False,

@@ -102,6 +102,22 @@ class TrainHessian:
             return self.matvec(v)
         return sum(self.matvec(v, b) for b in range(self.num_batches)) / self.num_batches
 
+    def largest_eigenvalue(self, iterations: int = 30, generator: torch.Generator | None = None) -> float:
+        """λ_max(H + δI) by power iteration (Neumann's step is usually α = 1/λ_max).
+
+        Starts from a seeded Gaussian vector when ``generator`` is given, else from the all-ones vector.
+        """
+        n = flatten(self.params).numel()
+        dtype = flatten(self.params).dtype
+        v = torch.randn(n, generator=generator, dtype=dtype) if generator is not None else torch.ones(n, dtype=dtype)
+        v = v / v.norm()
+        est = 0.0
+        for _ in range(iterations):
+            w = self.mean_matvec(v)
+            est = float(v @ w)
+            v = w / w.norm().clamp_min(1e-12)
+        return est
+
     def mixed(self, u: Tree) -> Tree:
         """(∂²L_train/∂λ∂θ) u: the derivative in λ of ⟨∂_θ L_train, u⟩ (on the first batch).
 
