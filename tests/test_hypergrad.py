@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.func import functional_call
 
 from hcdc.errors import ConfigError
-from hcdc.hypergrad import flatten, hypergradient, make_solver, minimize_lbfgs
-
+from hcdc.hypergrad import BestResponse, flatten, hypergradient, make_solver, minimize_lbfgs
 
 
 @pytest.fixture(autouse=True)
@@ -193,6 +194,20 @@ def test_data_gradient_with_lambda_in_forward(solver, opts):
         return hypergradient(train_loss, val_for(z), theta, lam, solver, create_graph=cg, **opts)
 
     _check_data_gradient(hg_fn, xv)
+
+
+@pytest.mark.parametrize("solver,opts", [("neumann", dict(terms=15, alpha=0.3)), ("exact", {})])
+def test_best_response_gives_the_same_hypergradient_and_data_gradient(solver, opts):
+    """dθ*/dλ precomputed once reproduces the IFT hypergradient of any validation loss, and its data gradient."""
+    train_loss, val_for, xv, params0 = _mlp_problem()
+    lam = torch.tensor([1.0, 0.3, 0.8])
+    theta = _solve_inner(train_loss, params0, lam)
+    response = BestResponse(train_loss, theta, lam, solver, **opts)
+    assert response.jacobian.shape == (flatten(theta).numel(), 3)
+    for shift in (0.0, 0.5):
+        ref = hypergradient(train_loss, val_for(xv + shift), theta, lam, solver, **opts).grad
+        assert _rel(response(val_for(xv + shift)), ref) < 1e-10
+    _check_data_gradient(lambda z, cg: SimpleNamespace(grad=response(val_for(z), create_graph=cg)), xv)
 
 
 def test_data_gradient_with_regulariser_only_lambda():

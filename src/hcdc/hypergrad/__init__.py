@@ -1,7 +1,7 @@
 """Implicit-differentiation hypergradients (IFT + Neumann / CG / dense inverse Hessian)."""
 
 from .inner import minimize_lbfgs
-from .engine import Hypergradient, ImplicitHypergradient, TrainHessian, flatten, hypergradient, unflatten
+from .engine import BestResponse, Hypergradient, ImplicitHypergradient, TrainHessian, flatten, hypergradient, unflatten
 from .solvers import (
     SOLVERS,
     ConjugateGradientSolver,
@@ -14,6 +14,7 @@ from .solvers import (
 )
 
 __all__ = [
+    "BestResponse",
     "Hypergradient",
     "ImplicitHypergradient",
     "TrainHessian",

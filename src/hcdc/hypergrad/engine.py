@@ -208,6 +208,54 @@ class ImplicitHypergradient:
         return Hypergradient(grad=total, direct=direct, implicit=implicit, info=info)
 
 
+class BestResponse:
+    """The linearised best response dθ*/dλ = −H⁻¹ ∂²L_train/∂θ∂λ at a fixed (θ, λ).
+
+    The IFT's implicit term written the other way round (as in Lorraine et al., AISTATS 2020,
+    Eq. 2): with the P×m matrix ``jacobian`` (m = number of hyperparameters, one inverse-Hessian
+    solve per hyperparameter), the hypergradient of *any* validation loss is
+    ``∂_λ L_val + jacobianᵀ ∂_θ L_val``: no further Hessian products. This is the cheap form when
+    λ is low-dimensional and many validation losses (e.g. a synthetic validation set being
+    learned) are differentiated at the same (θ, λ). For a symmetric solver it equals
+    :class:`ImplicitHypergradient` exactly.
+    """
+
+    def __init__(
+        self,
+        train_loss: TrainLoss,
+        params: dict[str, Tensor],
+        hparams: Tree,
+        solver: str | InverseHessianSolver = "neumann",
+        *,
+        batches: Sequence[Any] | Iterable[Any] | None = None,
+        damping: float = 0.0,
+        **solver_options: Any,
+    ):
+        start = time.perf_counter()
+        solver_ = make_solver(solver, **solver_options)
+        op = TrainHessian(train_loss, params, hparams, batches=batches, damping=damping)
+        self.params, self.hparams = op.params, op.hparams
+        # columns of (∂²L/∂λ∂θ)ᵀ: the transpose of the linear map u ↦ (∂²L/∂λ∂θ) u
+        _, mixed_t = vjp(lambda u: flatten(op.mixed(unflatten(u, self.params))), torch.zeros_like(flatten(self.params)))
+        eye = torch.eye(flatten(self.hparams).numel(), dtype=flatten(self.hparams).dtype)
+        columns, iterations = [], 0
+        for e in eye:
+            (c,) = mixed_t(e)
+            x, its = solver_.solve(op, c)
+            columns.append(-x)
+            iterations += its
+        self.jacobian = torch.stack(columns, dim=1)
+        self.info = SolveInfo(solver=solver_.name, iterations=iterations, seconds=time.perf_counter() - start)
+
+    def __call__(self, val_loss: ValLoss, *, create_graph: bool = False) -> Tensor:
+        """dL_val/dλ (flat) at this (θ, λ); differentiable in tensors captured by ``val_loss``
+        when ``create_graph``."""
+        with torch.set_grad_enabled(create_graph):
+            g_theta, direct = grad(val_loss, argnums=(0, 1))(self.params, self.hparams)
+            total = flatten(direct) + self.jacobian.T @ flatten(g_theta)
+        return total if create_graph else total.detach()
+
+
 def hypergradient(
     train_loss: TrainLoss,
     val_loss: ValLoss,
