@@ -1,0 +1,1 @@
+"""Image track: the NAS-Bench-201 search space (:mod:`hcdc.image.space`), augmentation and condensers."""
