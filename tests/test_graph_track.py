@@ -10,8 +10,13 @@ from hcdc.artifacts import load_proxy
 from hcdc.cli import main
 from hcdc.data.graph import GraphData
 from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol, ground_truth, make_condenser
-from hcdc.graph.evaluate import evaluate_proxy
+from hcdc.graph.evaluate import evaluate_proxy, proxy_graph, proxy_graphs
+from hcdc.graph.calibrate import CalibrationConfig, alignment_loss, fit_validation, trajectory_points
+from hcdc.graph.hpo import HPOConfig, hypergradient_hpo
+from hcdc.graph.problem import FilterProblem
 from hcdc.graph.train import score_configs, stacked_logits, train_stacked
+from hcdc.data.graph import row_normalize
+from hcdc.models import polyfilter
 
 
 def _sbm(n_per_class=30, classes=3, features=20, seed=0) -> GraphData:
@@ -68,18 +73,82 @@ def test_known_order_gcn_beats_negated_filter_on_homophilous_graph():
 def test_hcdc_proxy_is_block_diagonal_and_deterministic(train_method):
     data = _sbm()
     opts = dict(train_method=train_method, candidates=2, repeats=1, epochs=12, warmup=4, align_every=4, hidden=8,
-                gcond={"epochs": 2, "outer_loops": 2, "inner_loops": 1, "hidden": 16})
+                val_steps=3, gcond={"epochs": 2, "outer_loops": 2, "inner_loops": 1, "hidden": 16})
     a = make_condenser("hcdc", **opts).condense(data, 0.5, seed=3)
     b = make_condenser("hcdc", **opts).condense(data, 0.5, seed=3)
     t = a.tensors
     assert torch.equal(t["x"], b.tensors["x"])
     assert t["adj"][t["train_mask"]][:, t["val_mask"]].abs().sum() == 0
     assert int(t["train_mask"].sum()) == 8 and int(t["val_mask"].sum()) == 15
-    assert len(a.meta["alignment_history"]) == 2 * 2  # 2 trajectories × alignments at epochs 4 and 8
-    # the validation features moved away from their real-node initialisation
-    assert a.meta["alignment_history"] and all(np.isfinite(a.meta["alignment_history"]))
+    assert a.meta["alignment_points"] == 2 * 3  # 2 trajectories × alignments at epochs 4, 8 and 12
+    assert len(a.meta["alignment_history"]) == 3 and all(np.isfinite(a.meta["alignment_history"]))
     ev = evaluate_proxy(a, data, FilterSpace().sample(6, 0), TrainProtocol(epochs=10, seeds=(0,), hidden=8))
     assert -1 <= ev.report["spearman"] <= 1
+
+
+def test_block_diagonal_proxy_trains_on_its_training_block_alone():
+    """Scoring a block-diagonal proxy by training on the training block equals training on the whole proxy."""
+    data = _sbm()
+    opts = dict(train_method="random", candidates=1, repeats=1, epochs=4, warmup=2, align_every=2, hidden=8,
+                val_steps=1)
+    proxy = make_condenser("hcdc", **opts).condense(data, 0.5, seed=0)
+    train_graph, score_graph = proxy_graphs(proxy)
+    assert train_graph.y.shape[0] == proxy.num_train and score_graph.y.shape[0] == proxy.num_val
+    lam = FilterSpace().sample(5, seed=2)
+    protocol = TrainProtocol(epochs=20, seeds=(0,), hidden=8, dropout=0.0)
+    blocks = score_configs(train_graph, lam, protocol, evaluate_on=score_graph)
+    whole = score_configs(proxy_graph(proxy), lam, protocol)
+    assert torch.allclose(blocks.val_loss, whole.val_loss, atol=1e-5)
+    # a proxy with edges across the split is trained whole
+    t = dict(proxy.tensors)
+    adj = t["adj"].clone()
+    i, j = int(t["train_mask"].nonzero()[0]), int(t["val_mask"].nonzero()[0])
+    adj[i, j] = adj[j, i] = 1.0
+    assert proxy_graphs(type(proxy)(proxy.kind, {**t, "adj": adj}, proxy.meta))[1] is None
+
+
+def test_fitting_the_validation_set_lowers_the_alignment_loss():
+    """Algorithm 1 line 7: Adam on S_val's features lowers the mean 1 − cos(g_T, g_S) over recorded points."""
+    data = _sbm()
+    protocol = TrainProtocol(hidden=8)
+    config = CalibrationConfig(epochs=30, warmup=10, align_every=10)
+    g = torch.Generator().manual_seed(0)
+    real = FilterProblem.from_graph_data(data)
+    train = data.train_mask.nonzero().view(-1)
+    syn = FilterProblem.from_dense(row_normalize(data.x)[train], data.induced_adjacency(train), data.y[train],
+                                   torch.ones(len(train), dtype=torch.bool), torch.ones(len(train), dtype=torch.bool))
+    val_nodes = data.val_mask.nonzero().view(-1)
+    x_val = row_normalize(data.x)[val_nodes].clone().requires_grad_(True)
+    val_op = polyfilter.DenseOperator.from_adjacency(data.induced_adjacency(val_nodes))
+
+    def syn_val_loss(p, lam):
+        return torch.nn.functional.cross_entropy(polyfilter.logits(p, lam, x_val, val_op), data.y[val_nodes])
+
+    points = []
+    for lam0 in FilterSpace().sample(3, seed=5):
+        init = polyfilter.init_params(data.num_features, 8, data.num_classes, g)
+        points += trajectory_points(real, syn, syn_val_loss, lam0, init, FilterSpace(), protocol, config, g)
+    assert len(points) == 3 * 3
+    before = float(alignment_loss(points, syn_val_loss).detach())
+    history = fit_validation(torch.optim.Adam([x_val], lr=1e-2), points, syn_val_loss, 30, len(points), g)
+    after = float(alignment_loss(points, syn_val_loss).detach())
+    assert history[0] == pytest.approx(before, rel=1e-5)
+    assert after < 0.5 * before
+
+
+def test_hypergradient_hpo_moves_an_anti_smoothing_filter_towards_smoothing():
+    """Lorraine et al.'s HPO on an assortative SBM lowers the validation loss of a bad start."""
+    data = _sbm(n_per_class=40)
+    protocol = TrainProtocol(hidden=16, epochs=120, seeds=(0,))
+    space = FilterSpace()
+    problem = FilterProblem.from_graph_data(data)
+    result = hypergradient_hpo(problem, data.num_features, data.num_classes, space, protocol,
+                               HPOConfig(starts=2, warmup=20, every=5, lr=0.1))
+    assert result.lam.shape == (2, 4) and len(result.trajectories[0]) == 1 + 21
+    first = torch.tensor([t[0] for t in result.trajectories])
+    fixed = score_configs(NodeGraph.from_graph_data(data), first, protocol).val_loss
+    assert (result.val_loss < fixed).all()
+    assert result.pick == int(torch.argmin(result.val_loss))
 
 
 def _run(capsys, *argv):

@@ -3,13 +3,15 @@ GCond-X, HCDC) and proxy evaluation."""
 
 from . import hcdc_condenser  # noqa: F401  (registers "hcdc")
 from .condensers import CONDENSERS, GraphCondenser, make_condenser, proxy_sizes, register_condenser
-from .evaluate import ProxyEvaluation, evaluate_proxy, proxy_graph
+from .evaluate import ProxyEvaluation, evaluate_proxy, hpo_perf, proxy_graph, proxy_problem
+from .hpo import HPOConfig, HPOResult, hypergradient_hpo
+from .problem import FilterProblem
 from .groundtruth import GroundTruth, ground_truth
 from .space import FilterSpace, TrainProtocol
 from .train import NodeGraph, score_configs
 
 __all__ = [
-    "CONDENSERS", "FilterSpace", "GraphCondenser", "GroundTruth", "NodeGraph", "ProxyEvaluation", "TrainProtocol",
-    "evaluate_proxy", "ground_truth", "make_condenser", "proxy_graph", "proxy_sizes", "register_condenser",
-    "score_configs",
+    "CONDENSERS", "FilterProblem", "FilterSpace", "GraphCondenser", "GroundTruth", "HPOConfig", "HPOResult", "NodeGraph",
+    "ProxyEvaluation", "TrainProtocol", "evaluate_proxy", "ground_truth", "hpo_perf", "hypergradient_hpo",
+    "make_condenser", "proxy_graph", "proxy_problem", "proxy_sizes", "register_condenser", "score_configs",
 ]

@@ -6,19 +6,23 @@ Algorithm 1, for the continuous space of polynomial filters λ ∈ [low, high]^{
 - S_train (features, adjacency, labels) is fixed, produced by any condenser (GCond by default).
 - S_val is ``n_val`` synthetic nodes with learnable features and fixed labels (in the class
   proportions of the real validation nodes), initialised from distinct real validation nodes of
-  their class. They form their own block of the proxy graph with no edges to S_train; the
-  adjacency among them is (``val_structure``) the real graph's subgraph induced by the nodes they
-  start from (``"induced"``, the default), or the condenser's adjacency model applied to their
-  features (``"pge"``; GCond's learned adjacency links mostly nodes of different classes on Cora,
-  which inverts the ranking of smoothing filters, so it is not the default). So L_train on the proxy, its Hessian and mixed partials do
-  not depend on S_val, and the proxy's hypergradient is a differentiable function of S_val.
-- From each of ``candidates`` sampled configurations λ_i (a seed stream disjoint from the
-  evaluation configurations) run a trajectory: train θ_S on S_train and θ_T on the real graph from
-  the same initialisation with the evaluation protocol; every ``align_every`` epochs compute the
-  IFT hypergradient (Neumann series) on the real graph, g_T (real training and validation nodes),
-  and on the proxy, g_S; take one Adam step on S_val's features against 1 − cos(g_T, g_S); then
-  move λ one normalised hypergradient step on the proxy (λ ← λ − η g_S/‖g_S‖, clipped to the
-  space): the HPO trajectory that spans the extended search space. Repeat ``repeats`` times.
+  their class. They form their own block of the proxy graph with no edges to S_train, and the
+  adjacency among them is the real graph's subgraph induced by the nodes they start from. (GCond's
+  learned adjacency applied to them links mostly nodes of different classes on Cora, which inverts
+  the ranking of smoothing filters.) So L_train on the proxy, its Hessian and mixed partials do not
+  depend on S_val, and the proxy's hypergradient is a differentiable function of S_val.
+- Trajectories (Algorithm 1, lines 1–6): from each of ``candidates`` sampled configurations λ_i
+  (a seed stream disjoint from the evaluation configurations) train θ_S on S_train and θ_T on the
+  real graph from the same initialisation with the evaluation protocol; from epoch ``warmup`` on,
+  every ``align_every`` epochs record an alignment point: the IFT hypergradient (Neumann series)
+  on the real graph, g_T (real training and validation nodes), and the proxy's linearised best
+  response dθ_S*/dλ (:class:`hcdc.hypergrad.BestResponse`, K+1 Neumann solves); then move λ one
+  normalised hypergradient step on the proxy (λ ← λ − η g_S/‖g_S‖, clipped to the space).
+- Alignment (line 7): because S_train is fixed, g_S(S_val) = ∂_λ L_val + (dθ*/dλ)ᵀ ∂_θ L_val at a
+  recorded point needs no Hessian product, so S_val takes ``val_steps`` Adam steps on the mean
+  cosine distance 1 − cos(g_T, g_S) over all points recorded so far (``bank_batch`` of them per
+  step) instead of one noisy step per point. Trajectories of the next repeat are driven by the
+  updated S_val.
 
 θ_T is trained on the real graph rather than approximated by θ_S (NOTES §1: the faithful option).
 """
@@ -27,16 +31,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data.graph import GraphData, row_normalize
-from ..hypergrad import TrainHessian, hypergradient
+from ..hypergrad import BestResponse, hypergradient
 from ..models import polyfilter
+from .problem import FilterProblem, trainable
 from .space import FilterSpace, TrainProtocol
 
 
@@ -46,14 +49,15 @@ class CalibrationConfig:
 
     candidates: int = 8
     repeats: int = 2
-    epochs: int = 100
-    align_every: int = 10
-    warmup: int = 30
+    epochs: int = 200
+    align_every: int = 20
+    warmup: int = 100
     neumann_terms: int = 10
-    lr_features: float = 1e-4
+    lr_features: float = 1e-3
+    val_steps: int = 50
+    bank_batch: int = 32
     lr_lambda: float = 0.1
     power_iterations: int = 8
-    val_structure: str = "induced"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,29 +65,85 @@ class CalibrationConfig:
 
 @dataclass
 class CalibrationResult:
-    """The learned validation block and the alignment history (1 − cos per step)."""
+    """The learned validation block and the alignment history (mean 1 − cos per S_val step)."""
 
     x_val: Tensor
     adj_val: Tensor
     y_val: Tensor
     history: list[float]
+    points: int
     seconds: float
 
 
-def _train_loss(x: Tensor, op, y: Tensor, mask: Tensor, weight_decay: float):
-    """L_train(θ, λ): cross-entropy on ``mask`` plus the L2 term that Adam's weight decay optimises."""
+@dataclass
+class AlignmentPoint:
+    """One λ on a trajectory: the proxy's best response there and the real graph's hypergradient g_T."""
 
-    def train_loss(p, lam):
-        reg = 0.5 * weight_decay * sum((w**2).sum() for w in p.values())
-        return polyfilter.node_loss(p, lam, x, op, y, mask) + reg
-
-    return train_loss
+    response: BestResponse
+    g_real: Tensor
 
 
-def _adam_step(opt: torch.optim.Optimizer, loss: Tensor) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+def initial_validation_nodes(data: GraphData, n_val_per_class: Tensor, g: torch.Generator) -> Tensor:
+    """Distinct real validation nodes of each class (training nodes where a class has none) to start S_val from."""
+    init = []
+    for c, n in enumerate(n_val_per_class):
+        pool = torch.nonzero(data.val_mask & (data.y == c)).view(-1)
+        if len(pool) == 0:
+            pool = torch.nonzero(data.train_mask & (data.y == c)).view(-1)
+        pick = torch.randperm(len(pool), generator=g)[: int(n)]
+        if len(pick) < int(n):
+            pick = torch.cat([pick, torch.randint(len(pool), (int(n) - len(pick),), generator=g)])
+        init.append(pool[pick])
+    return torch.cat(init)
+
+
+def trajectory_points(real: FilterProblem, syn: FilterProblem, syn_val_loss, lam0: Tensor, init: dict[str, Tensor],
+                      space: FilterSpace, protocol: TrainProtocol, config: CalibrationConfig,
+                      g: torch.Generator) -> list[AlignmentPoint]:
+    """Algorithm 1, lines 2–6, from λ_0 = ``lam0``: train θ_S and θ_T from ``init`` side by side and record
+    an alignment point every ``align_every`` epochs after ``warmup``, stepping λ along the proxy's hypergradient."""
+    lam = lam0.clone()
+    (theta_s, opt_s), (theta_t, opt_t) = trainable(init, protocol), trainable(init, protocol)
+    train_s, train_t = syn.train_loss(protocol.weight_decay), real.train_loss(protocol.weight_decay)
+    alphas: tuple[float, float] | None = None
+    points = []
+    for epoch in range(1, config.epochs + 1):
+        syn.train_epoch(theta_s, opt_s, lam, protocol, g)
+        real.train_epoch(theta_t, opt_t, lam, protocol, g)
+        if epoch < config.warmup or (epoch - config.warmup) % config.align_every:
+            continue
+        th_s = {k: v.detach() for k, v in theta_s.items()}
+        th_t = {k: v.detach() for k, v in theta_t.items()}
+        if alphas is None:
+            alphas = (syn.neumann_alpha(th_s, lam, protocol.weight_decay, config.power_iterations),
+                      real.neumann_alpha(th_t, lam, protocol.weight_decay, config.power_iterations))
+        g_t = hypergradient(train_t, real.val_loss, th_t, lam, "neumann", residual=False,
+                            terms=config.neumann_terms, alpha=alphas[1]).grad
+        response = BestResponse(train_s, th_s, lam, "neumann", terms=config.neumann_terms, alpha=alphas[0])
+        points.append(AlignmentPoint(response, g_t))
+        g_s = response(syn_val_loss)
+        lam = space.clamp(lam - config.lr_lambda * g_s / g_s.norm().clamp_min(1e-12))
+    return points
+
+
+def alignment_loss(points: list[AlignmentPoint], syn_val_loss) -> Tensor:
+    """Mean cosine distance 1 − cos(g_T, g_S) over ``points``, differentiable in S_val."""
+    return torch.stack([1 - F.cosine_similarity(p.response(syn_val_loss, create_graph=True), p.g_real, dim=0)
+                        for p in points]).mean()
+
+
+def fit_validation(opt: torch.optim.Optimizer, points: list[AlignmentPoint], syn_val_loss, steps: int, batch: int,
+                   g: torch.Generator) -> list[float]:
+    """Algorithm 1, line 7, on recorded points: ``steps`` optimiser steps on S_val, ``batch`` random points each."""
+    history = []
+    for _ in range(steps):
+        pick = torch.randperm(len(points), generator=g)[:batch].tolist()
+        loss = alignment_loss([points[j] for j in pick], syn_val_loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    return history
 
 
 def calibrate_validation(
@@ -91,7 +151,6 @@ def calibrate_validation(
     x_train: Tensor,
     adj_train: Tensor,
     y_train: Tensor,
-    adjacency_fn: Callable[[Tensor], Tensor] | None,
     n_val_per_class: Tensor,
     space: FilterSpace,
     protocol: TrainProtocol,
@@ -102,81 +161,31 @@ def calibrate_validation(
     """Learn the synthetic validation nodes of an HCDC graph proxy (see the module docstring)."""
     start = time.perf_counter()
     g = torch.Generator().manual_seed(int(seed))
-    real_x = polyfilter.SparseFeatures.from_dense(row_normalize(data.x))
-    real_op = polyfilter.EdgeListOperator.from_edge_index(data.edge_index, data.num_nodes)
-    syn_op = polyfilter.DenseOperator.from_adjacency(adj_train)
+    real = FilterProblem.from_graph_data(data)
+    everything = torch.ones_like(y_train, dtype=torch.bool)
+    syn = FilterProblem.from_dense(x_train, adj_train, y_train, everything, everything)
 
-    # S_val: features initialised from real validation nodes of each class
     y_val = torch.cat([torch.full((int(n),), c, dtype=torch.long) for c, n in enumerate(n_val_per_class)])
-    init = []
-    for c, n in enumerate(n_val_per_class):
-        pool = torch.nonzero(data.val_mask & (data.y == c)).view(-1)
-        if len(pool) == 0:
-            pool = torch.nonzero(data.train_mask & (data.y == c)).view(-1)
-        pick = torch.randperm(len(pool), generator=g)[: int(n)]
-        if len(pick) < int(n):
-            pick = torch.cat([pick, torch.randint(len(pool), (int(n) - len(pick),), generator=g)])
-        init.append(pool[pick])
-    init_nodes = torch.cat(init)
+    init_nodes = initial_validation_nodes(data, n_val_per_class, g)
     x_val = row_normalize(data.x)[init_nodes].clone().requires_grad_(True)
-    induced = data.induced_adjacency(init_nodes)
+    adj_val = data.induced_adjacency(init_nodes)
+    val_op = polyfilter.DenseOperator.from_adjacency(adj_val)
     opt_val = torch.optim.Adam([x_val], lr=config.lr_features)
 
-    def val_adjacency(x: Tensor) -> Tensor:
-        if config.val_structure == "pge" and adjacency_fn is not None:
-            return adjacency_fn(x)
-        return induced
-
-    real_train_loss = _train_loss(real_x, real_op, data.y, data.train_mask, protocol.weight_decay)
-    syn_train_loss = _train_loss(x_train, syn_op, y_train, torch.ones_like(y_train, dtype=torch.bool), protocol.weight_decay)
-
-    def real_val_loss(p, lam):
-        return polyfilter.node_loss(p, lam, real_x, real_op, data.y, data.val_mask)
-
     def syn_val_loss(p, lam):
-        op = polyfilter.DenseOperator.from_adjacency(val_adjacency(x_val))
-        return F.cross_entropy(polyfilter.logits(p, lam, x_val, op), y_val)
+        return F.cross_entropy(polyfilter.logits(p, lam, x_val, val_op), y_val)
 
     candidates = space.sample(config.candidates, seed=10_000 + seed)
+    points: list[AlignmentPoint] = []
     history: list[float] = []
-    total = config.repeats * config.candidates
-    bar = tqdm(total=total, desc="HCDC validation set", disable=not progress, unit="trajectory")
+    bar = tqdm(total=config.repeats * config.candidates, desc="HCDC validation set", disable=not progress,
+               unit="trajectory")
     for rep in range(config.repeats):
-        for i in range(config.candidates):
-            lam = candidates[i].clone()
-            init_params = polyfilter.init_params(data.num_features, protocol.hidden, data.num_classes, g)
-            theta = {side: {k: v.clone().requires_grad_(True) for k, v in init_params.items()} for side in ("S", "T")}
-            opts = {side: torch.optim.Adam(theta[side].values(), lr=protocol.lr, weight_decay=protocol.weight_decay)
-                    for side in ("S", "T")}
-            alphas: dict[str, float] = {}
-            for epoch in range(config.epochs):
-                syn_logits = polyfilter.logits(theta["S"], lam, x_train, syn_op, protocol.dropout, g)
-                _adam_step(opts["S"], F.cross_entropy(syn_logits, y_train))
-                real_logits = polyfilter.logits(theta["T"], lam, real_x, real_op, protocol.dropout, g)
-                _adam_step(opts["T"], F.cross_entropy(real_logits[data.train_mask], data.y[data.train_mask]))
-                if epoch < config.warmup or (epoch - config.warmup) % config.align_every:
-                    continue
-                th_s = {k: v.detach() for k, v in theta["S"].items()}
-                th_t = {k: v.detach() for k, v in theta["T"].items()}
-                if not alphas:
-                    # α = 1/λ_max(H) so the Neumann series converges (α·λ_max < 2)
-                    alphas = {side: 1.0 / max(abs(TrainHessian(loss_fn, th, lam).largest_eigenvalue(config.power_iterations)), 1e-6)
-                              for side, loss_fn, th in (("S", syn_train_loss, th_s), ("T", real_train_loss, th_t))}
-                g_t = hypergradient(real_train_loss, real_val_loss, th_t, lam, "neumann", residual=False,
-                                    terms=config.neumann_terms, alpha=alphas["T"]).grad
-                g_s = hypergradient(syn_train_loss, syn_val_loss, th_s, lam, "neumann", residual=False,
-                                    terms=config.neumann_terms, alpha=alphas["S"], create_graph=True).grad
-                loss = 1 - F.cosine_similarity(g_s, g_t, dim=0)
-                opt_val.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_val.step()
-                history.append(float(loss.detach()))
-                step = g_s.detach()
-                lam = space.clamp(lam - config.lr_lambda * step / step.norm().clamp_min(1e-12))
+        for lam0 in candidates:
+            init = polyfilter.init_params(data.num_features, protocol.hidden, data.num_classes, g)
+            points += trajectory_points(real, syn, syn_val_loss, lam0, init, space, protocol, config, g)
             bar.update(1)
-            bar.set_postfix(align=f"{sum(history[-10:]) / max(1, len(history[-10:])):.3f}", repeat=rep)
+        history += fit_validation(opt_val, points, syn_val_loss, config.val_steps, config.bank_batch, g)
+        bar.set_postfix(align=f"{history[0]:.3f}->{history[-1]:.3f}" if history else "-", repeat=rep)
     bar.close()
-    x_final = x_val.detach()
-    with torch.no_grad():
-        adj_val = val_adjacency(x_final)
-    return CalibrationResult(x_final, adj_val, y_val, history, time.perf_counter() - start)
+    return CalibrationResult(x_val.detach(), adj_val, y_val, history, len(points), time.perf_counter() - start)

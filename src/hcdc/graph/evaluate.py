@@ -19,7 +19,9 @@ from ..artifacts import Proxy
 from ..data.graph import GraphData
 from ..metrics import ranking_report
 from .groundtruth import GroundTruth, ground_truth
-from .space import TrainProtocol
+from .hpo import HPOConfig, HPOResult, hypergradient_hpo
+from .problem import FilterProblem
+from .space import FilterSpace, TrainProtocol
 from .train import ConfigScores, NodeGraph, score_configs
 
 
@@ -27,6 +29,27 @@ def proxy_graph(proxy: Proxy) -> NodeGraph:
     """The proxy as a trainable graph (dense features and adjacency)."""
     t = proxy.tensors
     return NodeGraph.from_dense(t["x"], t["adj"], t["y"], t["train_mask"], t["val_mask"], proxy.num_classes)
+
+
+def proxy_graphs(proxy: Proxy) -> tuple[NodeGraph, NodeGraph | None]:
+    """(graph to train on, graph to score on) for a proxy.
+
+    When no edge joins a training node to a non-training node (HCDC's and GCond's block-diagonal
+    proxies), training only sees the training block, so it runs on that block alone and the
+    validation block is scored separately: the same models, trained on fewer nodes. Otherwise the
+    whole proxy graph is used for both (returned as ``(graph, None)``).
+    """
+    t = proxy.tensors
+    train = t["train_mask"]
+    if t["adj"][train][:, ~train].any():
+        return proxy_graph(proxy), None
+    val = t["val_mask"]
+
+    def block(mask: Tensor, train_part: bool) -> NodeGraph:
+        ones = torch.ones(int(mask.sum()), dtype=torch.bool)
+        return NodeGraph.from_dense(t["x"][mask], t["adj"][mask][:, mask], t["y"][mask], ones if train_part else ~ones,
+                                    ~ones if train_part else ones, proxy.num_classes)
+    return block(train, True), block(val, False)
 
 
 @dataclass
@@ -50,9 +73,25 @@ def evaluate_proxy(proxy: Proxy, data: GraphData, lam: Tensor, protocol: TrainPr
                    truth: GroundTruth | None = None, k: int = 5) -> ProxyEvaluation:
     """Train ``lam`` on the proxy, score on its validation nodes, and compare with the ground truth."""
     truth = truth if truth is not None else ground_truth(data, lam, protocol)
-    scores = score_configs(proxy_graph(proxy), lam, protocol)
+    train_graph, score_graph = proxy_graphs(proxy)
+    scores = score_configs(train_graph, lam, protocol, evaluate_on=score_graph)
     report = ranking_report(scores.val_loss.numpy(), truth.val_acc.numpy(), proxy_higher_is_better=False,
                             true_higher_is_better=True, k=min(k, len(lam)))
     pick = int(torch.argmin(scores.val_loss))
     oracle = int(torch.argmax(truth.val_acc))
     return ProxyEvaluation(lam, scores, truth, report, float(truth.test_acc[pick]), float(truth.test_acc[oracle]))
+
+
+def proxy_problem(proxy: Proxy) -> FilterProblem:
+    """The proxy as a :class:`FilterProblem` (for hypergradient HPO on it)."""
+    t = proxy.tensors
+    return FilterProblem.from_dense(t["x"], t["adj"], t["y"], t["train_mask"], t["val_mask"])
+
+
+def hpo_perf(problem: FilterProblem, data: GraphData, space: FilterSpace, protocol: TrainProtocol,
+             config: HPOConfig = HPOConfig()) -> tuple[float, HPOResult]:
+    """Perf (b): hypergradient HPO (Lorraine et al.) on ``problem`` (a proxy or the original graph),
+    then the true test accuracy of its pick, trained on the original graph with ``protocol``."""
+    result = hypergradient_hpo(problem, data.num_features, data.num_classes, space, protocol, config)
+    truth = ground_truth(data, result.best.unsqueeze(0), protocol)
+    return float(truth.test_acc[0]), result

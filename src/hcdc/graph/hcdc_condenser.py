@@ -51,26 +51,26 @@ class HCDCCondenser(GraphCondenser):
                                       dropout=opts["dropout"])
 
     def _train_set(self, data: GraphData, n_train: int, seed: int, progress: bool):
-        """(x, adj, y, adjacency_fn, seconds) of S_train from the configured standard condenser."""
+        """(x, adj, y, seconds) of S_train from the configured standard condenser."""
         method = self.options["train_method"]
         if method in ("gcond", "gcond-x"):
             counts = class_counts(data.y[data.train_mask], n_train, data.num_classes)
             res = synthesize_gcond(data, counts, seed, progress, **self.options["gcond"])
             if method == "gcond":
-                return res.x, res.adj, res.y, res.adjacency_fn, res.seconds
-            return res.x, torch.zeros_like(res.adj), res.y, None, res.seconds
+                return res.x, res.adj, res.y, res.seconds
+            return res.x, torch.zeros_like(res.adj), res.y, res.seconds
         # random: a uniform sample of real training nodes and their induced subgraph
         start = time.perf_counter()
         train = data.train_mask.nonzero().view(-1)
         nodes = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(int(seed)))[:n_train]]
         x = row_normalize(data.x)[nodes]
-        return x, data.induced_adjacency(nodes), data.y[nodes], None, time.perf_counter() - start
+        return x, data.induced_adjacency(nodes), data.y[nodes], time.perf_counter() - start
 
     def condense(self, data: GraphData, ratio: float, seed: int, progress: bool = False) -> Proxy:
         n_train, n_val = proxy_sizes(data, ratio)
-        x_tr, adj_tr, y_tr, adjacency_fn, train_seconds = self._train_set(data, n_train, seed, progress)
+        x_tr, adj_tr, y_tr, train_seconds = self._train_set(data, n_train, seed, progress)
         val_counts = class_counts(data.y[data.val_mask], n_val, data.num_classes)
-        cal = calibrate_validation(data, x_tr, adj_tr, y_tr, adjacency_fn, val_counts, self.space, self.protocol,
+        cal = calibrate_validation(data, x_tr, adj_tr, y_tr, val_counts, self.space, self.protocol,
                                    self.calibration, seed, progress)
         n_tr, n_v = len(y_tr), len(cal.y_val)
         adj = torch.zeros(n_tr + n_v, n_tr + n_v)
@@ -81,4 +81,5 @@ class HCDCCondenser(GraphCondenser):
                    "y": torch.cat([y_tr, cal.y_val]), "train_mask": mask, "val_mask": ~mask}
         proxy = self._proxy(data, ratio, seed, tensors, {"train_set": train_seconds, "validation_set": cal.seconds})
         proxy.meta["alignment_history"] = cal.history
+        proxy.meta["alignment_points"] = cal.points
         return proxy
