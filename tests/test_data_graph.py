@@ -22,7 +22,7 @@ from hcdc.data.graph import (
     load_reddit,
     row_normalize,
 )
-from hcdc.errors import DataError
+from hcdc.errors import ConfigError, DataError
 
 DATA = Path(os.environ.get("HCDC_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 PLANETOID = DATA / "planetoid"
@@ -357,3 +357,17 @@ def test_reddit_bad_input(tmp_path):
         load_reddit(tmp_path / "c")
     with pytest.raises(DataError, match="reddit_data.npz not found"):
         load_reddit(tmp_path / "nothing")
+
+
+def test_induced_adjacency_one_and_two_hops():
+    """Path 0-1-2-3-4: among nodes [0, 2, 3], one hop joins 2-3; two hops also join 0-2 (via 1), not 0-3."""
+    edge_index = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4], [1, 0, 2, 1, 3, 2, 4, 3]])
+    mask = torch.tensor([True, True, False, False, False])
+    data = GraphData("path", torch.eye(5), edge_index, torch.tensor([0, 1, 0, 1, 0]), mask, ~mask, ~mask, 2)
+    nodes = torch.tensor([0, 2, 3])
+    one = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 1, 0]]).float()
+    two = torch.tensor([[0, 1, 0], [1, 0, 1], [0, 1, 0]]).float()
+    assert torch.equal(data.induced_adjacency(nodes), one)
+    assert torch.equal(data.induced_adjacency(nodes, hops=2), two)
+    with pytest.raises(ConfigError):
+        data.induced_adjacency(nodes, hops=3)

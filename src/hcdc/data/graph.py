@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import torch
 from torch_geometric.utils import remove_self_loops, to_undirected
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .safe_pickle import load_pickle
 
 if TYPE_CHECKING:
@@ -150,14 +150,23 @@ class GraphData:
             "test": int(self.test_mask.sum()),
         }
 
-    def induced_adjacency(self, nodes: torch.Tensor) -> torch.Tensor:
-        """Dense binary adjacency [n, n] of the subgraph induced by ``nodes`` (in that order)."""
-        local = torch.full((self.num_nodes,), -1, dtype=torch.long)
-        local[nodes] = torch.arange(len(nodes))
-        src, dst = local[self.edge_index[0]], local[self.edge_index[1]]
-        inside = (src >= 0) & (dst >= 0)
-        adj = torch.zeros(len(nodes), len(nodes))
-        adj[src[inside], dst[inside]] = 1.0
+    def induced_adjacency(self, nodes: torch.Tensor, hops: int = 1) -> torch.Tensor:
+        """Dense binary adjacency [n, n] among ``nodes`` (in that order), no self-loops.
+
+        ``hops=1``: the induced subgraph; ``hops=2``: two of ``nodes`` are joined when they are at
+        most two hops apart in the graph (adjacent or sharing a neighbour): the support of
+        ((A + I)²) restricted to ``nodes``.
+        """
+        if hops not in (1, 2):
+            raise ConfigError(f"hops must be 1 or 2, got {hops}")
+        big = self.num_nodes
+        ei = self.edge_index.numpy()
+        a_plus_i = sp.csr_matrix((np.ones(ei.shape[1]), (ei[0], ei[1])), shape=(big, big)) + sp.identity(big, format="csr")
+        reach = a_plus_i[nodes.numpy()]  # rows of (A + I) for the selected nodes: [n, N]
+        product = reach[:, nodes.numpy()] if hops == 1 else reach @ reach.T
+        adj = torch.from_numpy(product.toarray()).float()
+        adj = (adj > 0).float()
+        adj.fill_diagonal_(0.0)
         return adj
 
     def to_pyg(self) -> Data:

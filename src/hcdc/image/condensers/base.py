@@ -1,0 +1,224 @@
+"""The image condenser registry, the base class and what every image condenser shares.
+
+An image condenser maps an :class:`~hcdc.data.image.ImageData`, a number of images per class
+(ipc) and a seed to an image :class:`~hcdc.artifacts.Proxy`: ``ipc`` training images per class,
+produced by the method, and ``n_val`` validation images per class (:func:`val_per_class`). For the
+baselines the validation part is, as in HCDC (Ding et al., ICLR 2024, Sec. 6), a random sample
+keeping the original train:val proportion: real validation images drawn per class
+(:func:`validation_split`); HCDC replaces it with a learned set. Proxy images are normalised
+with the training split's per-channel mean and standard deviation (``ImageData.normalized``).
+
+Randomness comes from ``torch.Generator`` objects derived from the seed, one stream per purpose
+(:func:`seeded_generator`), so a seed gives bit-identical proxies on CPU and every baseline at one
+seed gets the same validation images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...artifacts import FORMAT_VERSION, Proxy
+from ...data.image import ImageData
+from ...errors import ConfigError, DataError
+from ...runinfo import package_versions
+
+
+@dataclass
+class Synthesis:
+    """What a method produced: normalised training images [n, C, H, W] and their labels, seconds per stage,
+    and any extra tensors and metadata for the proxy."""
+
+    x: Tensor
+    y: Tensor
+    timings: dict[str, float]
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+IMAGE_CONDENSERS: dict[str, type[ImageCondenser]] = {}
+
+SYNTHESIS_STREAM, VALIDATION_STREAM = 0, 1
+
+
+def register_image_condenser(name: str) -> Callable[[type[ImageCondenser]], type[ImageCondenser]]:
+    """Class decorator registering an :class:`ImageCondenser` subclass under ``name``."""
+
+    def register(cls: type[ImageCondenser]) -> type[ImageCondenser]:
+        if name in IMAGE_CONDENSERS:
+            raise ValueError(f"image condenser {name!r} is already registered")
+        cls.name = name
+        IMAGE_CONDENSERS[name] = cls
+        return cls
+
+    return register
+
+
+def make_image_condenser(name: str, **options) -> ImageCondenser:
+    """The registered image condenser ``name`` built with ``options``; ConfigError for an unknown name or option."""
+    if name not in IMAGE_CONDENSERS:
+        known = ", ".join(sorted(IMAGE_CONDENSERS))
+        raise ConfigError(f"unknown image condenser {name!r}; known: {known}")
+    return IMAGE_CONDENSERS[name](**options)
+
+
+def seeded_generator(seed: int, stream: int) -> torch.Generator:
+    """A CPU generator for ``stream`` of condensation seed ``seed``; streams of one seed are independent."""
+    state = np.random.SeedSequence([int(seed), int(stream)]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def class_indices(y: Tensor, num_classes: int) -> list[Tensor]:
+    """For each class, the positions of its items in ``y`` (ascending)."""
+    return [(y == c).nonzero().flatten() for c in range(num_classes)]
+
+
+def check_seed(seed: int) -> None:
+    """ConfigError unless ``seed`` is a non-negative integer."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"condensation seed must be a non-negative integer, got {seed!r}")
+
+
+def check_images_per_class(data: ImageData, ipc: int) -> None:
+    """ConfigError unless ``ipc`` is a positive integer; DataError when a class has fewer training images."""
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise ConfigError(f"images per class must be a positive integer, got {ipc!r}")
+    counts = torch.bincount(data.y_train, minlength=data.num_classes)
+    short = (counts < ipc).nonzero().flatten()
+    if short.numel():
+        c = int(short[0])
+        raise DataError(f"dataset '{data.name}': class {c} has {int(counts[c])} training images, fewer than ipc={ipc}")
+
+
+def val_per_class(data: ImageData, ipc: int) -> int:
+    """Validation images per class of a proxy with ``ipc`` training images per class: ``round(ipc·|val|/|train|)``, at least 1."""
+    if len(data.y_val) == 0:
+        raise DataError(f"dataset '{data.name}' has no validation images to give the proxy a validation part")
+    return max(1, round(ipc * len(data.y_val) / len(data.y_train)))
+
+
+def validation_split(data: ImageData, ipc: int, seed: int) -> Tensor:
+    """Positions in ``data``'s validation split of the proxy's validation images: a seeded uniform sample per class.
+
+    :func:`val_per_class` images of each class, classes in order; DataError when a class has too few.
+    """
+    n = val_per_class(data, ipc)
+    g = seeded_generator(seed, VALIDATION_STREAM)
+    picks = []
+    for c, members in enumerate(class_indices(data.y_val, data.num_classes)):
+        if members.numel() < n:
+            raise DataError(f"dataset '{data.name}': class {c} has {members.numel()} validation images, the proxy needs {n}")
+        picks.append(members[torch.randperm(members.numel(), generator=g)[:n]])
+    return torch.cat(picks)
+
+
+def _check_option(condenser: str, key: str, value, default, choices: tuple | None, minimum: int):
+    """``value`` for option ``key`` converted to its default's type; ConfigError when it does not fit."""
+    where = f"image condenser {condenser!r} option {key!r}"
+    if choices is not None:
+        if value not in choices:
+            raise ConfigError(f"{where} must be one of {list(choices)}, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{where} must be a positive number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if value is None and default is None:  # an optional integer: None picks a value from ipc
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class ImageCondenser:
+    """An image condensation method: validated options and ``condense(data, ipc, seed) -> Proxy``.
+
+    Subclasses list their options with defaults in ``defaults`` (a float default takes positive
+    numbers, an int or None default integers of at least ``minimum.get(name, 1)``, ``None``
+    meaning "derived from ipc"), the allowed values of choice options in ``choices``, and may
+    check further in :meth:`check_options`. Unknown or unfit options are a ConfigError.
+    """
+
+    name: str = ""
+    defaults: ClassVar[dict] = {}
+    choices: ClassVar[dict[str, tuple]] = {}
+    minimum: ClassVar[dict[str, int]] = {}
+
+    def __init__(self, **options):
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ConfigError(f"unknown option(s) {unknown} for image condenser {self.name!r} (known: {known})")
+        self.options = {
+            key: _check_option(self.name, key, options.get(key, default), default, self.choices.get(key), self.minimum.get(key, 1))
+            for key, default in self.defaults.items()
+        }
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Further checks of ``self.options`` (ConfigError); none by default."""
+
+    def condense(self, data: ImageData, ipc: int, seed: int, progress: bool = False) -> Proxy:
+        """A proxy of ``data`` with ``ipc`` training images per class, built with condensation seed ``seed``.
+
+        Checks the arguments, draws the validation part (:func:`validation_split`), runs
+        :meth:`synthesize` and assembles the proxy (:meth:`_proxy`).
+        """
+        check_seed(seed)
+        check_images_per_class(data, ipc)
+        val = validation_split(data, ipc, seed)
+        return self._proxy(data, ipc, seed, self.synthesize(data, ipc, seed, progress), val)
+
+    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool) -> Synthesis:
+        """The method itself: ``ipc`` training images per class of ``data`` for condensation seed ``seed``."""
+        raise NotImplementedError
+
+    def _proxy(self, data: ImageData, ipc: int, seed: int, result: Synthesis, val: Tensor) -> Proxy:
+        """The proxy of ``result``'s training images and the validation images at positions ``val``, validated.
+
+        Adds the tensor ``val_source`` (``val``: positions in ``data``'s validation split) and the
+        standard metadata to ``result``'s own tensors and metadata.
+        """
+        n_train, n_val = len(result.y), len(val)
+        std = torch.where(data.std > 0, data.std, 1.0)  # as ImageData.normalized: a constant channel is not scaled
+        proxy = Proxy(
+            kind="image",
+            tensors={
+                "x": torch.cat([result.x.detach().float(), data.normalized("val")[val]]).contiguous(),
+                "y": torch.cat([result.y.long(), data.y_val[val]]),
+                "train_mask": torch.arange(n_train + n_val) < n_train,
+                "val_mask": torch.arange(n_train + n_val) >= n_train,
+                "val_source": val,
+                **result.tensors,
+            },
+            meta={
+                "format_version": FORMAT_VERSION,
+                "kind": "image",
+                "dataset": data.name,
+                "method": self.name,
+                "images_per_class": int(ipc),
+                "normalization": {"mean": data.mean.tolist(), "std": std.tolist()},
+                "num_classes": data.num_classes,
+                "seeds": {"condense": int(seed)},
+                "config": dict(self.options),
+                "versions": package_versions(),
+                "timings": {k: float(v) for k, v in result.timings.items()},
+                "train_images": n_train,
+                "val_images": n_val,
+                "fraction_of_training_set": n_train / len(data.y_train),
+                **result.meta,
+            },
+        )
+        proxy.validate()
+        return proxy
+
