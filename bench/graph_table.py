@@ -63,15 +63,15 @@ def _mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def run_cell(data, lam, lam_ho, gt, gt_ho, protocol, method, ratio, seeds, options, whole) -> dict:
+def run_cell(data, lam, lam_ho, gt, gt_ho, protocol, proxy_protocol, method, ratio, seeds, options, whole) -> dict:
     evals, evals_ho, condense_s, eval_s, proxies, hpo = [], [], [], [], [], []
     for seed in seeds:
         proxy, seconds = cached_proxy(data, method, ratio, seed, options)
         start = time.perf_counter()
-        ev = evaluate_proxy(proxy, data, lam, protocol, gt)
+        ev = evaluate_proxy(proxy, data, lam, proxy_protocol, gt)
         eval_s.append(time.perf_counter() - start)
         evals.append(ev)
-        evals_ho.append(evaluate_proxy(proxy, data, lam_ho, protocol, gt_ho))
+        evals_ho.append(evaluate_proxy(proxy, data, lam_ho, proxy_protocol, gt_ho))
         condense_s.append(seconds)
         proxies.append(proxy)
         hpo.append(hpo_perf(proxy_problem(proxy), data, FilterSpace(), protocol)[0])
@@ -93,6 +93,7 @@ def run_cell(data, lam, lam_ho, gt, gt_ho, protocol, method, ratio, seeds, optio
         "perf_hpo_mean": statistics.fmean(hpo), "perf_hpo_std": _mean_std(hpo)[1], "whole_graph_hpo_perf": whole["hpo_perf"],
         "heldout_spearman_mean": sp_ho[0], "heldout_spearman_std": sp_ho[1],
         "condense_seconds": statistics.fmean(condense_s), "eval_seconds": statistics.fmean(eval_s),
+        "condense_stage_seconds": {k: statistics.fmean(p.meta["timings"][k] for p in proxies) for k in meta["timings"]},
         "proxy_seconds_per_config": proxy_per_config, "whole_seconds_per_config": whole_per_config,
         "eval_speedup": whole_per_config / proxy_per_config,
         "break_even_configs": (statistics.fmean(condense_s) / gain) if gain > 0 else None,
@@ -105,12 +106,15 @@ def ablation(data, lam, gt, protocol, ratio, seed) -> list[dict]:
     variants = [("neumann_terms", j, {"neumann_terms": j}) for j in (0, 1, 5, 20)]
     variants += [("candidates", p, {"candidates": p}) for p in (2, 8)]
     variants += [("train_method", m, {"train_method": m}) for m in ("gcond", "random", "gcond-x")]
+    defaults = make_condenser("hcdc").options
     for what, value, opts in variants:
+        # a variant equal to the defaults is the table's own HCDC proxy (same cache entry)
+        opts = {} if all(defaults[k] == v for k, v in opts.items()) else opts
         proxy, seconds = cached_proxy(data, "hcdc", ratio, seed, opts)
         ev = evaluate_proxy(proxy, data, lam, protocol, gt)
         rows.append({"dataset": data.name.lower(), "r": ratio, "ablation": what, "value": value,
                      "spearman": ev.report["spearman"], "kendall": ev.report["kendall"], "condense_seconds": seconds})
-        print(f"ablation {what}={value}: rho={ev.report['spearman']:.3f} ({seconds:.0f}s)", file=sys.stderr)
+        print(f"ablation {what}={value}: rho={ev.report['spearman']:.3f} ({seconds:.0f}s)", file=sys.stderr, flush=True)
     return rows
 
 
@@ -141,6 +145,24 @@ def to_markdown(result: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
+def write(result: dict, name: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"{name}.json", result)
+    atomic_write_bytes(RESULTS / f"{name}.md", to_markdown(result).encode())
+
+
+def combine(names: list[str], name: str, command: str) -> dict:
+    """Merge the tables of separate runs (e.g. one process per dataset) into one."""
+    parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in names]
+    result = {**parts[0], "rows": [r for p in parts for r in p["rows"]],
+              "ablation": [r for p in parts for r in p["ablation"]],
+              "ground_truth_seconds": {k: v for p in parts for k, v in p["ground_truth_seconds"].items()},
+              "complete": all(p.get("complete", False) for p in parts), "parts": {n: p["command"] for n, p in zip(names, parts)},
+              "command": command}
+    write(result, name)
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
@@ -150,33 +172,40 @@ def main(argv=None) -> dict:
     parser.add_argument("--configs", type=int, default=80)
     parser.add_argument("--config-seed", type=int, default=0)
     parser.add_argument("--heldout-seed", type=int, default=1)
-    parser.add_argument("--train-seeds", type=int, default=2)
+    parser.add_argument("--train-seeds", type=int, default=2, help="training seeds per configuration, ground truth")
+    parser.add_argument("--proxy-seeds", type=int, default=1, help="training seeds per configuration on a proxy")
     parser.add_argument("--ablation", action="store_true", help="also the HCDC ablation on the first dataset at r = 0.5")
     parser.add_argument("--name", default="graph_table")
+    parser.add_argument("--combine", nargs="+", metavar="NAME", help="only merge the results NAME.json into --name")
     args = parser.parse_args(argv)
+    command = "python bench/graph_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.combine:
+        return combine(args.combine, args.name, command)
     space, protocol = FilterSpace(), TrainProtocol(seeds=tuple(range(args.train_seeds)))
-    rows, gt_seconds, ablation_rows = [], {}, []
+    proxy_protocol = TrainProtocol(seeds=tuple(range(args.proxy_seeds)))
+    result = {"rows": [], "ablation": [], "configs": args.configs, "train_seeds": args.train_seeds,
+              "proxy_seeds": args.proxy_seeds, "ground_truth_seconds": {}, "machine": machine_info(),
+              "versions": package_versions(), "command": command, "complete": False}
     for name in args.datasets:
         data = load_dataset(name)
         lam, lam_ho = space.sample(args.configs, args.config_seed), space.sample(args.configs, args.heldout_seed)
         gt, gt_ho = ground_truth(data, lam, protocol), ground_truth(data, lam_ho, protocol)
-        gt_seconds[name] = gt.seconds + gt_ho.seconds
+        result["ground_truth_seconds"][name] = gt.seconds + gt_ho.seconds
         whole = {"seconds_per_config": whole_graph_seconds_per_config(data, lam, protocol),
                  "hpo_perf": hpo_perf(FilterProblem.from_graph_data(data), data, space, protocol)[0]}
         for ratio in args.ratios:
             for method in args.methods:
-                row = run_cell(data, lam, lam_ho, gt, gt_ho, protocol, method, ratio, args.condense_seeds, {}, whole)
-                rows.append(row)
+                row = run_cell(data, lam, lam_ho, gt, gt_ho, protocol, proxy_protocol, method, ratio,
+                               args.condense_seeds, {}, whole)
+                result["rows"].append(row)
+                write(result, args.name)
                 print(f"{name} r={ratio} {method}: rho={row['spearman_mean']:.3f}±{row['spearman_std']:.3f} "
-                      f"held-out {row['heldout_spearman_mean']:.3f} perf={row['perf_mean']:.3f}", file=sys.stderr)
+                      f"held-out {row['heldout_spearman_mean']:.3f} perf={row['perf_mean']:.3f} "
+                      f"hpo={row['perf_hpo_mean']:.3f}", file=sys.stderr, flush=True)
         if args.ablation and name == args.datasets[0]:
-            ablation_rows = ablation(data, lam, gt, protocol, 0.5, args.condense_seeds[0])
-    result = {"rows": rows, "ablation": ablation_rows, "configs": args.configs, "train_seeds": args.train_seeds,
-              "ground_truth_seconds": gt_seconds, "machine": machine_info(), "versions": package_versions(),
-              "command": "python bench/graph_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", result)
-    atomic_write_bytes(RESULTS / f"{args.name}.md", to_markdown(result).encode())
+            result["ablation"] = ablation(data, lam, gt, proxy_protocol, 0.5, args.condense_seeds[0])
+    result["complete"] = True
+    write(result, args.name)
     print(to_markdown(result))
     return result
 

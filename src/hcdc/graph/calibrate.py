@@ -6,11 +6,15 @@ Algorithm 1, for the continuous space of polynomial filters λ ∈ [low, high]^{
 - S_train (features, adjacency, labels) is fixed, produced by any condenser (GCond by default).
 - S_val is ``n_val`` synthetic nodes with learnable features and fixed labels (in the class
   proportions of the real validation nodes), initialised from distinct real validation nodes of
-  their class. They form their own block of the proxy graph with no edges to S_train, and the
-  adjacency among them is the real graph's subgraph induced by the nodes they start from. (GCond's
-  learned adjacency applied to them links mostly nodes of different classes on Cora, which inverts
-  the ranking of smoothing filters.) So L_train on the proxy, its Hessian and mixed partials do not
-  depend on S_val, and the proxy's hypergradient is a differentiable function of S_val.
+  their class. They form their own block of the proxy graph with no edges to S_train; two of them
+  are joined when the real nodes they start from are at most ``val_hops`` hops apart (1: the
+  induced subgraph, the default; 2: also nodes sharing a neighbour). On Cora at r = 0.5 with GCond's
+  S_train and 40 tuning configurations (a seed disjoint from the table's), the induced block ranks
+  at ρ 0.60 before learning and 0.66–0.71 after; the 2-hop block at 0.70 before and 0.65 after, so
+  learning is only a gain on the induced block. GCond's learned adjacency applied to S_val links
+  mostly nodes of different classes on Cora and inverts the ranking of smoothing filters. So
+  L_train on the proxy, its Hessian and mixed partials do not depend on S_val, and the proxy's
+  hypergradient is a differentiable function of S_val.
 - Trajectories (Algorithm 1, lines 1–6): from each of ``candidates`` sampled configurations λ_i
   (a seed stream disjoint from the evaluation configurations) train θ_S on S_train and θ_T on the
   real graph from the same initialisation with the evaluation protocol; from epoch ``warmup`` on,
@@ -48,16 +52,17 @@ class CalibrationConfig:
     """Options of the alignment loop (Algorithm 1's p, K, T_θ, T_λ and step sizes)."""
 
     candidates: int = 8
-    repeats: int = 2
+    repeats: int = 1
     epochs: int = 200
     align_every: int = 20
     warmup: int = 100
     neumann_terms: int = 10
-    lr_features: float = 1e-3
-    val_steps: int = 50
+    lr_features: float = 1e-4
+    val_steps: int = 100
     bank_batch: int = 32
     lr_lambda: float = 0.1
     power_iterations: int = 8
+    val_hops: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -168,7 +173,7 @@ def calibrate_validation(
     y_val = torch.cat([torch.full((int(n),), c, dtype=torch.long) for c, n in enumerate(n_val_per_class)])
     init_nodes = initial_validation_nodes(data, n_val_per_class, g)
     x_val = row_normalize(data.x)[init_nodes].clone().requires_grad_(True)
-    adj_val = data.induced_adjacency(init_nodes)
+    adj_val = data.induced_adjacency(init_nodes, hops=config.val_hops)
     val_op = polyfilter.DenseOperator.from_adjacency(adj_val)
     opt_val = torch.optim.Adam([x_val], lr=config.lr_features)
 

@@ -19,7 +19,8 @@ from .report import markdown_table, plot_scores
 from .space import FilterSpace, TrainProtocol
 
 DEMO_GCOND = {"epochs": 40}
-DEMO_HCDC = {"candidates": 4, "repeats": 1, "epochs": 60, "gcond": DEMO_GCOND}
+DEMO_HCDC = {"candidates": 4, "repeats": 1, "epochs": 100, "warmup": 50, "align_every": 10, "val_steps": 50,
+             "gcond": DEMO_GCOND}
 
 
 def run_demo(data: GraphData, out: Path, configs: int = 24, ratio: float = 0.25, seed: int = 0) -> list[dict]:
