@@ -88,9 +88,9 @@ def proxies(data):
 
 
 def test_registry_names_and_errors():
-    assert set(IMAGE_CONDENSERS) == {"random", "kcenter", "herding", "dc", "dsa", "dm"}
-    with pytest.raises(ConfigError, match="unknown image condenser 'kip'"):
-        make_image_condenser("kip")
+    assert set(IMAGE_CONDENSERS) == {"random", "kcenter", "herding", "dc", "dsa", "dm", "kip", "tm"}
+    with pytest.raises(ConfigError, match="unknown image condenser 'nope'"):
+        make_image_condenser("nope")
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['epochs'\]"):
         make_image_condenser("dc", epochs=3)
     with pytest.raises(ConfigError, match="unknown option"):

@@ -1,11 +1,12 @@
 """Image condensers: the registry and the baselines of HCDC's image experiments (Ding et al., ICLR 2024, Table 1).
 
 Registered names: ``random``, ``kcenter``, ``herding`` (coresets, :mod:`.coresets`), ``dc`` and
-``dsa`` (gradient matching, :mod:`.matching`) and ``dm`` (distribution matching, :mod:`.dm`).
+``dsa`` (gradient matching, :mod:`.matching`), ``dm`` (distribution matching, :mod:`.dm`), ``kip``
+(kernel inducing points, :mod:`.kip`) and ``tm`` (trajectory matching, :mod:`.tm`).
 ``make_image_condenser(name, **options).condense(data, ipc, seed)`` returns an image proxy.
 """
 
-from . import coresets, dm, matching
+from . import coresets, dm, kip, matching, tm
 from .base import (
     IMAGE_CONDENSERS,
     ImageCondenser,
@@ -23,7 +24,9 @@ from .coresets import (
     kcenter_greedy,
 )
 from .dm import DMCondenser
+from .kip import KIPCondenser
 from .matching import DCCondenser, DSACondenser, matching_distance
+from .tm import TMCondenser
 
 __all__ = [
     "IMAGE_CONDENSERS",
@@ -33,16 +36,20 @@ __all__ = [
     "HerdingCoreset",
     "ImageCondenser",
     "KCenterCoreset",
+    "KIPCondenser",
     "RandomCoreset",
     "Synthesis",
+    "TMCondenser",
     "coresets",
     "dm",
     "herding",
     "kcenter_greedy",
+    "kip",
     "make_image_condenser",
     "matching",
     "matching_distance",
     "register_image_condenser",
+    "tm",
     "val_per_class",
     "validation_split",
 ]
