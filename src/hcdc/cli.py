@@ -126,6 +126,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .image.figures import plot_images, plot_ranking
+
+    if args.figure == "ranking":
+        path = plot_ranking(args.source, args.out, methods=args.methods)
+    else:
+        path = plot_images(args.source, args.out, split=args.split, per_class=args.per_class, max_classes=args.max_classes)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hcdc", description="Hyperparameter Calibrated Dataset Condensation.")
     parser.add_argument("--version", action="version", version=f"hcdc {__version__}")
@@ -165,6 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="PNG of proxy score vs true accuracy (default: DIR-scores.png; results beside it as .json)")
     p.add_argument("--data-root", type=Path, default=None)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("plot", help="figures: architecture rankings of an image table, or a proxy's images")
+    figures = p.add_subparsers(dest="figure", required=True)
+    q = figures.add_parser("ranking", help="HCDC's Figure 2 from bench/image_table.py's JSON: architectures ordered "
+                                           "by each proxy, coloured by their true rank")
+    q.add_argument("source", type=Path, metavar="RESULTS.json")
+    q.add_argument("--out", type=Path, required=True, help="PNG to write")
+    q.add_argument("--methods", nargs="+", default=None, help="rows to draw, in order (default: all)")
+    q.set_defaults(func=_cmd_plot)
+    q = figures.add_parser("images", help="HCDC's Figure 3: an image proxy's validation images, one row per class")
+    q.add_argument("source", type=Path, metavar="PROXY_DIR")
+    q.add_argument("--out", type=Path, required=True, help="PNG to write")
+    q.add_argument("--split", choices=["val", "train"], default="val")
+    q.add_argument("--per-class", type=int, default=10)
+    q.add_argument("--max-classes", type=int, default=20)
+    q.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("info", help="describe a proxy directory (proxy.safetensors + meta.json)")
     p.add_argument("directory", type=Path)

@@ -103,12 +103,13 @@ def val_per_class(data: ImageData, ipc: int) -> int:
     return max(1, round(ipc * len(data.y_val) / len(data.y_train)))
 
 
-def validation_split(data: ImageData, ipc: int, seed: int) -> Tensor:
+def validation_split(data: ImageData, ipc: int, seed: int, per_class: int | None = None) -> Tensor:
     """Positions in ``data``'s validation split of the proxy's validation images: a seeded uniform sample per class.
 
-    :func:`val_per_class` images of each class, classes in order; DataError when a class has too few.
+    ``per_class`` (default :func:`val_per_class`) images of each class, classes in order; DataError
+    when a class has too few.
     """
-    n = val_per_class(data, ipc)
+    n = val_per_class(data, ipc) if per_class is None else per_class
     g = seeded_generator(seed, VALIDATION_STREAM)
     picks = []
     for c, members in enumerate(class_indices(data.y_val, data.num_classes)):

@@ -1,0 +1,355 @@
+"""Image table (HCDC's Table 1 and Figure 2): how well each proxy ranks NAS-Bench-201 architectures on CIFAR.
+
+The protocol is HCDC's (Ding et al., ICLR 2024, Sec. 7), after DC-Bench's NAS evaluation (Cui et
+al., NeurIPS 2022): architectures of the NAS-Bench-201 space (Dong & Yang, ICLR 2020) trained on
+the original training split and ranked by validation accuracy (the ground truth), then trained on
+each proxy's training part and ranked by its validation part; Spearman / Kendall between the two
+rankings and Perf, the true test accuracy of the proxy's pick (see :mod:`hcdc.image.protocol`).
+
+For each method × condensation seed: condense (from the protocol's data: subset and resolution),
+evaluate, and write ``bench/results/<name>.json`` and ``.md`` after every method. The JSON keeps
+each proxy's per-architecture scores and the true validation accuracies, which ``hcdc plot
+ranking`` draws as the paper's Figure 2. Ground truth (``$HCDC_CACHE/image_groundtruth``), proxies
+(``$HCDC_CACHE/image_proxies``) and proxy evaluations (``$HCDC_CACHE/image_evaluations``) are
+cached, so an interrupted run resumes where it stopped.
+
+    python bench/image_table.py --protocol cpu          # the CPU table (about 1.5 h on 2 cores)
+    python bench/image_table.py --protocol full         # the paper's protocol (GPU)
+    python bench/image_table.py --smoke --methods random dm   # plumbing check, a minute or two
+    python bench/image_table.py --dataset cifar100 --data-root /data --protocol cpu
+
+Condensation options per protocol: ``FULL_OPTIONS`` (each method's own recipe, the condensers'
+defaults), ``CPU_OPTIONS`` (iteration counts cut so each method condenses in about two minutes on
+one CPU thread at 16×16, ipc 10) and ``SMOKE_OPTIONS``; ``--options METHOD=JSON`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from hcdc.artifacts import load_proxy, save_proxy
+from hcdc.data import get_spec, load_dataset
+from hcdc.errors import ConfigError, HCDCError
+from hcdc.graph.report import markdown_table
+from hcdc.image.condensers import IMAGE_CONDENSERS, make_image_condenser
+from hcdc.image.protocol import (PROTOCOLS, ImageProtocol, data_fingerprint, default_device, evaluate_image_proxy,
+                                 image_ground_truth, prepare_data)
+from hcdc.io import atomic_write_bytes, atomic_write_json
+from hcdc.paths import cache_dir
+from hcdc.runinfo import machine_info, package_versions
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_METHODS = ["random", "kcenter", "herding", "dc", "dsa", "dm", "kip", "tm", "hcdc"]
+
+# HCDC's Table 1 (Spearman, Perf %) at 50 images per class, 100 architectures, 5 seeds
+PAPER = {
+    "cifar10": {"random": (-0.12, 91.3), "kcenter": (0.19, 91.4), "herding": (-0.05, 90.2), "dc": (-0.21, 89.2),
+                "dsa": (-0.33, 73.5), "dm": (-0.10, 92.2), "kip": (-0.27, 91.8), "tm": (-0.07, 75.2),
+                "hcdc": (0.74, 92.9), "optimal": (None, 93.5)},
+    "cifar100": {"random": (-0.05, 71.1), "kcenter": (-0.07, 69.5), "herding": (0.08, 67.9), "dc": (-0.13, 64.9),
+                 "dsa": (-0.28, 59.0), "dm": (-0.15, 70.1), "kip": (-0.08, 68.8), "tm": (-0.09, 51.3),
+                 "hcdc": (0.63, 72.4), "optimal": (None, 72.9)},
+}
+
+# Each method's published recipe: the condensers' defaults.
+FULL_OPTIONS: dict[str, dict] = {}
+
+# The cpu protocol (16x16 images, 250 per class, ipc 10). Seconds measured on one thread of this
+# machine (another job running) at these settings; the recipes' counts in brackets.
+CPU_OPTIONS: dict[str, dict] = {
+    "random": {},
+    # embedding ConvNet of width 32 (default 64) trained 5 epochs on the 2,500 images: ~4 s
+    "kcenter": {"width": 32, "epochs": 5},
+    "herding": {"width": 32, "epochs": 5},
+    # 10 iterations (1000) of 10 matching steps (10) with 10 inner epochs (50), width 32 (128): ~11 s / iteration
+    "dc": {"iterations": 10, "outer_loop": 10, "inner_loop": 10, "width": 32},
+    "dsa": {"iterations": 10, "outer_loop": 10, "inner_loop": 10, "width": 32},
+    # 200 iterations (20000), width 32 (128): ~0.37 s / iteration
+    "dm": {"iterations": 200, "width": 32},
+    # 150 iterations (1000) of the empirical NTK of a width-32 ConvNet: ~0.4 s / iteration
+    "kip": {"iterations": 150, "width": 32},
+    # 5 experts (100) of 10 epochs (50), trained once (~45 s, cached); 40 iterations (5000) of 10 synthetic
+    # steps (30) matched to 2 expert epochs from a start below epoch 8 (20), width 32 (128): ~2.2 s / iteration
+    "tm": {"experts": 5, "expert_epochs": 10, "max_start_epoch": 8, "expert_epochs_to_match": 2, "syn_steps": 10,
+           "iterations": 40, "width": 32},
+    # HCDC: S_train is exactly the DC proxy's (same options, same seed: shared cost in spirit, recomputed here);
+    # the calibration loop keeps HCDC's defaults (6 candidates x 40 steps, ~3-4 min); its network options
+    # (C, N, norm_groups) are filled from the protocol
+    "hcdc": {},
+}
+CPU_OPTIONS["hcdc"] = {"train_options": dict(CPU_OPTIONS["dc"])}
+
+# Tiny everything: only checks that every stage runs.
+SMOKE_OPTIONS: dict[str, dict] = {
+    "random": {},
+    "kcenter": {"width": 8, "epochs": 1},
+    "herding": {"width": 8, "epochs": 1},
+    "dc": {"iterations": 1, "outer_loop": 2, "inner_loop": 1, "width": 8, "batch_real": 16},
+    "dsa": {"iterations": 1, "outer_loop": 2, "inner_loop": 1, "width": 8, "batch_real": 16},
+    "dm": {"iterations": 2, "width": 8, "batch_real": 16},
+    "kip": {"iterations": 2, "width": 8, "batch_target": 16},
+    "tm": {"experts": 1, "expert_epochs": 2, "max_start_epoch": 1, "expert_epochs_to_match": 1, "syn_steps": 2,
+           "iterations": 2, "width": 8, "batch_expert": 32},
+}
+SMOKE_OPTIONS["hcdc"] = {"train_options": dict(SMOKE_OPTIONS["dc"]), "candidates": 1, "train_steps": 4, "warmup": 2,
+                         "align_every": 2, "neumann_terms": 1, "power_iterations": 1, "batch_real": 16, "batch_val": 16}
+
+OPTIONS = {"full": FULL_OPTIONS, "cpu": CPU_OPTIONS, "smoke": SMOKE_OPTIONS}
+PROTOCOL_FIELDS = ("C", "N", "norm_groups")  # condenser options taken from the protocol when the condenser has them
+
+
+def method_options(method: str, protocol_name: str, protocol: ImageProtocol, overrides: dict | None = None) -> dict:
+    """The options ``method`` runs with under ``protocol_name``: the preset's, any protocol fields the
+    condenser takes (``PROTOCOL_FIELDS``), then ``overrides``; validated by building the condenser
+    (ConfigError for an unknown method or option). Returns the fully resolved options (defaults included)."""
+    if method not in IMAGE_CONDENSERS:
+        raise ConfigError(f"unknown image condenser {method!r}; registered: {', '.join(sorted(IMAGE_CONDENSERS))}")
+    defaults = IMAGE_CONDENSERS[method].defaults
+    options = {k: getattr(protocol, k) for k in PROTOCOL_FIELDS if k in defaults}
+    options.update(OPTIONS[protocol_name].get(method, {}))
+    options.update(overrides or {})
+    return make_image_condenser(method, **options).options
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``["dc={\"iterations\": 5}", ...]`` as ``{"dc": {"iterations": 5}}``; ConfigError when malformed."""
+    out: dict[str, dict] = {}
+    for item in items:
+        method, sep, text = item.partition("=")
+        try:
+            value = json.loads(text) if sep else None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--options {item!r}: not JSON ({exc})") from None
+        if not method or not isinstance(value, dict):
+            raise ConfigError(f"--options expects METHOD='{{\"key\": value}}', got {item!r}")
+        out.setdefault(method, {}).update(value)
+    return out
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cached_proxy(view, fingerprint: str, method: str, ipc: int, seed: int, options: dict):
+    """Condense ``view`` (or load the cached proxy); returns (proxy, condensation seconds, cache key, cached?)."""
+    key = _key(fingerprint, method, ipc, seed, options)
+    path = cache_dir() / "image_proxies" / f"{view.name.lower()}-{method}-ipc{ipc}-s{seed}-{key}"
+    cached = (path / "meta.json").exists()
+    if cached:
+        proxy = load_proxy(path)
+    else:
+        proxy = make_image_condenser(method, **options).condense(view, ipc, seed, progress=True)
+        save_proxy(proxy, path, overwrite=True)
+    return proxy, float(sum(proxy.meta["timings"].values())), key, cached, path
+
+
+def cached_evaluation(proxy, proxy_key: str, view, archs, protocol, truth, device) -> dict:
+    """Evaluate ``proxy`` (or load the cached result of the same proxy, protocol and architectures)."""
+    key = _key(proxy_key, protocol.key(), [a.to_str() for a in archs], [round(v, 6) for v in truth.val_acc.tolist()])
+    path = cache_dir() / "image_evaluations" / f"{proxy_key}-{key}.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            pass
+    ev = evaluate_image_proxy(proxy, view, archs, protocol, truth, device=device, progress=True)
+    record = {**ev.row(), **ev.scores()}
+    atomic_write_json(path, record)
+    return record
+
+
+def _mean_std(values) -> tuple[float, float]:
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_method(view, fingerprint, archs, protocol, truth, method, ipc, seeds, options, device, dataset) -> dict:
+    per_seed, condense_s, eval_s, stages, dirs = [], [], [], [], []
+    meta = None
+    for seed in seeds:
+        proxy, seconds, key, cached, path = cached_proxy(view, fingerprint, method, ipc, seed, options)
+        start = time.perf_counter()
+        record = cached_evaluation(proxy, key, view, archs, protocol, truth, device)
+        eval_s.append(time.perf_counter() - start)
+        condense_s.append(seconds)
+        stages.append(proxy.meta["timings"])
+        dirs.append(str(path))
+        meta = proxy.meta
+        per_seed.append({"seed": seed, "cached_proxy": cached, **record})
+    sp, kd, pf = (_mean_std(r[k] for r in per_seed) for k in ("spearman", "kendall", "perf"))
+    paper = PAPER.get(dataset, {}).get(method, (None, None))
+    return {
+        "method": method, "ipc": ipc, "condense_seeds": list(seeds), "options": options,
+        "train_images": meta["train_images"], "val_images": meta["val_images"],
+        "fraction_of_training_set": meta["fraction_of_training_set"],
+        "spearman_mean": sp[0], "spearman_std": sp[1], "kendall_mean": kd[0], "kendall_std": kd[1],
+        "spearman_acc_mean": statistics.fmean(r["spearman_acc"] for r in per_seed),
+        "spearman_loss_mean": statistics.fmean(r["spearman_loss"] for r in per_seed),
+        "top5_mean": statistics.fmean(r["top_k"] for r in per_seed),
+        "regret_mean": statistics.fmean(r["regret"] for r in per_seed),
+        "perf_mean": pf[0], "perf_std": pf[1], "oracle_perf": per_seed[0]["oracle_perf"],
+        "condense_seconds": statistics.fmean(condense_s),
+        "condense_stage_seconds": {k: statistics.fmean(s.get(k, 0.0) for s in stages) for k in stages[0]},
+        "eval_seconds": statistics.fmean(r["seconds"] for r in per_seed), "eval_wall_seconds": statistics.fmean(eval_s),
+        "scores": [r["score"] for r in per_seed], "proxy_val_acc": [r["val_acc"] for r in per_seed],
+        "proxy_val_loss": [r["val_loss"] for r in per_seed], "picks": [r["pick"] for r in per_seed],
+        "per_seed": [{k: r[k] for k in ("seed", "spearman", "kendall", "spearman_acc", "spearman_loss", "top_k",
+                                        "regret", "perf", "cached_proxy")} for r in per_seed],
+        "proxy_dirs": dirs, "paper_spearman": paper[0], "paper_perf": paper[1],
+    }
+
+
+COLUMNS = [("method", "method", ""), ("ipc", "ipc", ""), ("train_images", "train imgs", ""), ("val_images", "val imgs", ""),
+           ("spearman_mean", "Spearman", ".3f"), ("spearman_std", "±", ".3f"), ("kendall_mean", "Kendall", ".3f"),
+           ("spearman_loss_mean", "ρ (loss)", ".3f"), ("top5_mean", "top-5", ".2f"),
+           ("perf_mean", "Perf", ".1%"), ("perf_std", "±", ".1%"), ("oracle_perf", "oracle Perf", ".1%"),
+           ("paper_spearman", "paper ρ", ""), ("paper_perf", "paper Perf %", ""),
+           ("condense_seconds", "condense s", ".0f"), ("eval_seconds", "eval s", ".0f")]
+
+
+def to_markdown(result: dict) -> str:
+    p = result["protocol"]
+    res = f"{p['resolution']}×{p['resolution']}" if p["resolution"] else "native resolution"
+    subset = lambda n: "all" if n is None else f"{n}/class"  # noqa: E731
+    parts = [
+        f"# Image proxies: ranking of {len(result['architectures'])} NAS-Bench-201 architectures on {result['dataset']} "
+        f"(protocol '{result['protocol_name']}')", "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} cores, "
+        f"{result['machine']['torch_threads']} torch threads{', ' + result['machine']['gpu'] if 'gpu' in result['machine'] else ''}"
+        f"; device {result['device']}; torch {result['versions']['torch']}.  ",
+        f"Protocol: NB201Network C={p['C']}, N={p['N']}, norm groups {p['norm_groups']}; {res}; train {subset(p['train_subset'])}, "
+        f"val {subset(p['val_subset'])}, test {subset(p['test_subset'])}; SGD lr {p['lr']} cosine, momentum {p['momentum']}, "
+        f"wd {p['weight_decay']}, clip {p['grad_clip']}, batch {p['batch_size']}; ground truth {p['epochs']} epochs × "
+        f"{len(p['seeds'])} seed(s), proxies {p['proxy_epochs'] or p['epochs']} epochs × "
+        f"{len(p['proxy_seeds'] or p['seeds'])} seed(s); ipc {result['ipc']}; condensation seeds {result['condense_seeds']}.  ",
+        f"Ground truth: {result['ground_truth_compute_seconds']:.0f} s of training (this run: "
+        f"{result['ground_truth_seconds']:.0f} s); oracle Perf {result['oracle_perf']:.1%}; total wall time "
+        f"{result['total_seconds']:.0f} s{'' if result['complete'] else ' (incomplete)'}.", "",
+        markdown_table(result["rows"], COLUMNS), "",
+        "Spearman/Kendall: proxy score (validation accuracy on the proxy's validation part, loss as tie-breaker) vs "
+        "true validation accuracy, mean ± std over condensation seeds; ρ (loss): the proxy's validation loss alone; "
+        "Perf: true test accuracy of the proxy's pick; oracle Perf: that of the architecture with the best true "
+        "validation accuracy; paper: HCDC's Table 1 (50 images per class, 100 architectures, full CIFAR at 32×32, "
+        "so not directly comparable at other protocols). condense s: condensation time of one proxy (cached proxies "
+        "report the time measured when they were made); eval s: training and scoring every architecture on one proxy.",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def write(result: dict, out_dir: Path, name: str) -> None:
+    atomic_write_json(out_dir / f"{name}.json", result)
+    atomic_write_bytes(out_dir / f"{name}.md", to_markdown(result).encode())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny everything (protocol 'smoke'), to check the plumbing")
+    parser.add_argument("--methods", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_METHODS)}")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="condensation seeds (default: 0 1 for cpu, 0..4 for full, 0 for smoke)")
+    parser.add_argument("--ipc", type=int, default=None, help="images per class (default: the protocol's)")
+    parser.add_argument("--archs", type=int, default=None, help="number of architectures (default: the protocol's)")
+    parser.add_argument("--dataset", default="cifar10", help="registered image dataset: cifar10 or cifar100")
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--options", nargs="+", default=[], metavar="METHOD=JSON", help="condenser option overrides")
+    parser.add_argument("--name", default=None, help="results name (default: image_table_<protocol>[_<dataset>])")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    return parser
+
+
+DEFAULT_SEEDS = {"full": [0, 1, 2, 3, 4], "cpu": [0, 1], "smoke": [0]}
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    """Everything a run needs from its arguments, validated before any data is loaded (ConfigError)."""
+    protocol_name = "smoke" if args.smoke else args.protocol
+    protocol = PROTOCOLS[protocol_name]
+    if args.archs is not None:
+        protocol = protocol.with_(num_archs=args.archs)
+    if args.ipc is not None:
+        protocol = protocol.with_(ipc=args.ipc)
+    if get_spec(args.dataset).kind != "image":
+        raise ConfigError(f"dataset '{args.dataset}' is not an image dataset")
+    methods = args.methods or DEFAULT_METHODS
+    if args.smoke and args.methods is None:
+        skipped = [m for m in methods if m not in IMAGE_CONDENSERS]
+        if skipped:
+            warnings.warn(f"smoke run: skipping unregistered method(s) {skipped}", stacklevel=2)
+        methods = [m for m in methods if m in IMAGE_CONDENSERS]
+    overrides = parse_overrides(args.options)
+    unknown = sorted(set(overrides) - set(methods))
+    if unknown:
+        raise ConfigError(f"--options for method(s) {unknown} that are not run (methods: {', '.join(methods)})")
+    options = {m: method_options(m, protocol_name, protocol, overrides.get(m)) for m in methods}
+    seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[protocol_name]
+    if not seeds or any(s < 0 for s in seeds):
+        raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
+    suffix = "" if args.dataset == "cifar10" else f"_{args.dataset}"
+    name = args.name or f"image_table_{protocol_name}{suffix}"
+    return {"protocol_name": protocol_name, "protocol": protocol, "methods": methods, "options": options,
+            "seeds": list(seeds), "name": name}
+
+
+def main(argv=None) -> dict:
+    start = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    command = "python bench/image_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    run = resolve(args)
+    protocol: ImageProtocol = run["protocol"]
+    device = default_device(args.device)
+    data = load_dataset(args.dataset, args.data_root)
+    view = prepare_data(data, protocol)
+    fingerprint = data_fingerprint(view)
+    archs = protocol.architectures()
+    truth = image_ground_truth(view, archs, protocol, device=device)
+    result = {
+        "dataset": data.name, "protocol_name": run["protocol_name"], "protocol": protocol.as_dict(),
+        "ipc": protocol.ipc, "condense_seeds": run["seeds"], "methods": run["methods"], "options": run["options"],
+        "data": view.summary(), "data_fingerprint": fingerprint, "device": str(device),
+        "architectures": [a.to_str() for a in archs], "true_val_acc": truth.val_acc.tolist(),
+        "true_val_loss": truth.val_loss.tolist(), "true_test_acc": truth.test_acc.tolist(),
+        "oracle_perf": float(truth.test_acc[int(truth.val_acc.argmax())]),
+        "ground_truth_seconds": truth.seconds, "ground_truth_compute_seconds": truth.compute_seconds,
+        "ground_truth_cache": truth.cache_file, "rows": [], "machine": machine_info(), "versions": package_versions(),
+        "torch_threads": torch.get_num_threads(), "command": command, "complete": False,
+        "total_seconds": time.perf_counter() - start,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    write(result, args.out_dir, run["name"])
+    print(f"ground truth: {len(archs)} architectures, {truth.computed} trained now ({truth.seconds:.0f} s); "
+          f"true val acc {truth.val_acc.min():.3f}..{truth.val_acc.max():.3f}", file=sys.stderr, flush=True)
+    for method in run["methods"]:
+        row = run_method(view, fingerprint, archs, protocol, truth, method, protocol.ipc, run["seeds"],
+                         run["options"][method], device, data.name)
+        result["rows"].append(row)
+        result["total_seconds"] = time.perf_counter() - start
+        write(result, args.out_dir, run["name"])
+        print(f"{method}: rho={row['spearman_mean']:.3f}±{row['spearman_std']:.3f} tau={row['kendall_mean']:.3f} "
+              f"perf={row['perf_mean']:.3f} (oracle {row['oracle_perf']:.3f}) condense={row['condense_seconds']:.0f}s "
+              f"eval={row['eval_seconds']:.0f}s", file=sys.stderr, flush=True)
+    result["complete"] = True
+    result["total_seconds"] = time.perf_counter() - start
+    write(result, args.out_dir, run["name"])
+    print(to_markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except HCDCError as exc:
+        print(f"image_table: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,637 @@
+"""The image track's evaluation protocol: train NAS-Bench-201 cells, get their true ranking, score proxies.
+
+This is the protocol of HCDC's Table 1 (Ding et al., "Hyperparameter Calibrated Dataset
+Condensation", ICLR 2024, Sec. 7), which follows DC-Bench's NAS evaluation (Cui et al., "DC-BENCH:
+Dataset Condensation Benchmark", NeurIPS 2022): architectures sampled from the NAS-Bench-201 space
+(Dong & Yang, ICLR 2020; :mod:`hcdc.image.space`), each cell repeated N=1 time per stage (3 cells),
+C=16 channels, trained 50 epochs with SGD (lr 0.025, cosine schedule, momentum 0.9, weight decay
+3e-4, gradient-norm clipping at 5, batches of 64), 5 seeds, and ranked by accuracy on a held-out
+20 % of the CIFAR training set (10,000 images). A proxy (50 images per class plus its validation
+part) is judged by how well the ranking of the same architectures trained on its training part and
+scored on its validation part agrees with the true ranking (Spearman, Kendall) and by the true test
+accuracy of the architecture it picks (Perf).
+
+:data:`PROTOCOLS` holds the named presets:
+
+* ``"full"``: the paper's protocol above (100 architectures, 32×32, the whole 40k/10k split,
+  ipc 50). Hours on a GPU: 100 archs × 5 seeds × 50 epochs × 625 steps ≈ 1.6 M steps for the
+  ground truth alone. On CUDA it trains in bfloat16 autocast with channels-last tensors.
+* ``"cpu"``: a scaled version meant to run the whole image table (ground truth, the 8 baselines,
+  HCDC, proxy evaluation) in about 1.5 hours on 2 CPU cores. Budget, from timings on this machine
+  with one torch thread while another job used the other core: one forward+backward+SGD step of
+  NB201Network at C=8 on 64 16×16 images takes ≈ 52 ms (C=16 at 32×32: ≈ 470 ms, 9× more; with
+  the machine oversubscribed, load 3-6, the step took 90-150 ms), inference ≈ 0.3 ms per image.
+
+  - ground truth: 25 architectures × 2 seeds × 12 epochs × 40 steps (250 images per class) = 24k
+    steps ≈ 21 min, plus scoring 1,000 validation and 5,000 test images per run (≈ 2 s × 50)
+    → ≈ 23 min (one run measured under load: 56 s of training, 35 % test accuracy);
+  - proxy evaluation: a proxy has ipc 10 → 100 training images (2 steps per epoch); 50 epochs ×
+    2 steps ≈ 5 s per architecture, × 25 architectures ≈ 2 min per proxy; 9 methods × 2
+    condensation seeds = 18 proxies ≈ 39 min (one training seed per architecture on a proxy);
+  - condensation, with ``bench/image_table.py``'s ``CPU_OPTIONS`` (measured at 16×16, 250 images
+    per class, ipc 10): random 0 s, K-Center / Herding ≈ 4 s, DC ≈ 115 s, DSA ≈ 130 s, DM ≈ 75 s,
+    KIP ≈ 60 s, TM ≈ 45 s of experts once + ≈ 90 s per seed → ≈ 17 min for 2 seeds; HCDC = its
+    DC training set (≈ 2 min) + calibration (≈ 3.5 min, its own estimate) → ≈ 11 min for 2 seeds;
+  - total ≈ 23 + 39 + 17 + 11 ≈ 90 min, so up to ~1.3× slower conditions still fit in 2 hours;
+    with both cores free, ``OMP_NUM_THREADS=2`` gains more margin.
+
+  Ground truth uses a class-stratified subset of 250 training images per class and scores on 100
+  validation images per class (so the proxy's validation part, which keeps the train:val
+  proportion, has round(10·100/250) = 4 images per class) and 500 test images per class; the
+  proxies are condensed from the same training subset, so "the original data" of this protocol
+  is that subset. Images are average-pooled from 32×32 to 16×16 before anything else
+  (:func:`prepare_data`). Ground-truth networks train 12 epochs (480 steps); proxies train
+  ``proxy_epochs`` = 50 epochs (100 steps), as fewer steps on 100 images would leave every
+  architecture near chance.
+* ``"smoke"``: tiny everything, for checking the plumbing end to end in a minute or two.
+
+Ranking on a proxy. The paper ranks by validation accuracy. On a proxy's few validation images
+(40 for the cpu protocol) accuracies tie often, so the proxy score of an architecture is its mean
+validation accuracy with the mean validation loss as tie-breaker: ``acc − 1e-6 · loss / max
+loss`` (the loss term is below one image's worth of accuracy for any validation set under a
+million images, so it only orders exact ties). The evaluation also records Spearman/Kendall of
+the loss alone. The true ranking is by mean validation accuracy on the (subset of the) original
+validation split.
+
+Normalisation. NAS-Bench-201 normalises with BatchNorm; :class:`~hcdc.image.space.NB201Network`
+uses primitive group norm (exact higher-order derivatives, no batch statistics). Its default, one
+group per channel (instance norm), cripples these networks: the last norm before the global
+average pool rescales every channel of every image to zero mean and unit variance, so the pooled
+features carry almost no information (measured here: C=8, 16×16, 2,500 CIFAR-10 images, 4 epochs:
+validation accuracy 13.6 % with instance norm, 23.2 % with one group, 25.2 % with two). The
+protocols therefore use ``norm_groups=1`` (layer norm over C, H, W, which keeps the per-channel
+differences the pool reads); a proxy method that trains NB201 networks (HCDC) should use the same.
+
+Training details: the learning rate follows a per-step cosine from ``lr`` to 0 over all steps
+(NAS-Bench-201's schedule), momentum without Nesterov, no data augmentation, the weight decay on
+all parameters of the operations in use (the other operations of the relaxed network get no
+gradient and stay at their initial values). Initial weights and batch order come from generators
+derived from the seed, so a seed gives the same network on a given device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from ..artifacts import Proxy
+from ..data.image import ImageData
+from ..errors import ConfigError, DataError
+from ..io import atomic_write_json
+from ..metrics import ranking_report
+from ..paths import cache_dir
+from .condensers.base import seeded_generator
+from .space import Architecture, NB201Network, load_architectures
+
+INIT_STREAM, SHUFFLE_STREAM = 1000, 1001  # seeded_generator streams of a training seed
+EVAL_BATCH = 512
+TIE_BREAK = 1e-6  # weight of the normalised loss in the proxy score (see the module docstring)
+CACHE_FORMAT = 1
+
+# fields that change the ground truth (the cache key); the others only concern proxies or the bench
+_TRUTH_FIELDS = ("C", "N", "norm_groups", "epochs", "batch_size", "lr", "momentum", "weight_decay", "grad_clip", "resolution",
+                 "train_subset", "val_subset", "test_subset", "seeds")
+
+
+@dataclass(frozen=True)
+class ImageProtocol:
+    """How an architecture is trained and scored, and the scale of an image-table run (see the module docstring).
+
+    ``C``, ``N``: NB201Network's width and cells per stage; ``norm_groups``: its normalisation groups
+    (1: layer norm, the default; None: instance norm, see the module docstring). ``epochs``: training epochs on the
+    original data; ``proxy_epochs``: on a proxy's training part (None: ``epochs``). SGD with
+    ``lr`` (cosine to 0), ``momentum``, ``weight_decay``, gradient-norm clipping at ``grad_clip``
+    and batches of ``batch_size``. ``resolution``: images are average-pooled to this size when the
+    data's are larger (None: keep). ``train_subset`` / ``val_subset`` / ``test_subset``: images per class
+    of the original train / validation / test split used (None: all). ``seeds``: training seeds of the ground
+    truth; ``proxy_seeds``: on a proxy (None: ``seeds``). ``num_archs``: the first that many of
+    :func:`~hcdc.image.space.load_architectures`. ``ipc``: the proxies' images per class.
+    ``amp`` / ``channels_last``: bfloat16 autocast and channels-last tensors, on CUDA only.
+    """
+
+    C: int = 16
+    N: int = 1
+    norm_groups: int | None = 1
+    epochs: int = 50
+    proxy_epochs: int | None = None
+    batch_size: int = 64
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    resolution: int | None = None
+    train_subset: int | None = None
+    val_subset: int | None = None
+    test_subset: int | None = None
+    seeds: tuple[int, ...] = field(default=(0, 1, 2, 3, 4))
+    proxy_seeds: tuple[int, ...] | None = None
+    num_archs: int = 100
+    ipc: int = 50
+    amp: bool = False
+    channels_last: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        if self.proxy_seeds is not None:
+            object.__setattr__(self, "proxy_seeds", tuple(self.proxy_seeds))
+        positive = {"C": self.C, "N": self.N, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "num_archs": self.num_archs, "ipc": self.ipc, "proxy_epochs": self.proxy_epochs,
+                    "resolution": self.resolution, "train_subset": self.train_subset, "val_subset": self.val_subset,
+                    "test_subset": self.test_subset, "norm_groups": self.norm_groups}
+        for name, value in positive.items():
+            optional = name in ("proxy_epochs", "resolution", "train_subset", "val_subset", "test_subset", "norm_groups")
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"image protocol: {name} must be a positive integer, got {value!r}")
+        for name in ("lr", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"image protocol: {name} must be a positive number, got {value!r}")
+        if not 0 <= self.momentum < 1 or not self.weight_decay >= 0:
+            raise ConfigError(f"image protocol: momentum must be in [0, 1) and weight_decay >= 0 "
+                              f"(got {self.momentum!r}, {self.weight_decay!r})")
+        for name in ("seeds", "proxy_seeds"):
+            seeds = getattr(self, name)
+            if seeds is None:
+                continue
+            if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+                raise ConfigError(f"image protocol: {name} must be a non-empty list of non-negative integers, got {seeds!r}")
+            if len(set(seeds)) != len(seeds):
+                raise ConfigError(f"image protocol: {name} has repeated seeds: {list(seeds)}")
+        if self.num_archs > 100:
+            raise ConfigError(f"image protocol: num_archs is at most 100 (the committed list), got {self.num_archs}")
+
+    @property
+    def epochs_on_proxy(self) -> int:
+        return self.proxy_epochs if self.proxy_epochs is not None else self.epochs
+
+    @property
+    def seeds_on_proxy(self) -> tuple[int, ...]:
+        return self.proxy_seeds if self.proxy_seeds is not None else self.seeds
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["seeds"] = list(self.seeds)
+        d["proxy_seeds"] = None if self.proxy_seeds is None else list(self.proxy_seeds)
+        return d
+
+    def key(self) -> str:
+        """A short stable hash of the whole protocol."""
+        return _hash(self.as_dict())
+
+    def truth_key(self) -> str:
+        """A short stable hash of the fields that determine the ground truth (the ground-truth cache key)."""
+        d = self.as_dict()
+        return _hash({k: d[k] for k in _TRUTH_FIELDS})
+
+    def architectures(self) -> list[Architecture]:
+        """The first ``num_archs`` of the committed architecture list."""
+        return load_architectures()[: self.num_archs]
+
+    def with_(self, **changes) -> ImageProtocol:
+        """A copy with ``changes`` applied (validated)."""
+        unknown = sorted(set(changes) - set(self.as_dict()))
+        if unknown:
+            raise ConfigError(f"unknown image protocol field(s) {unknown}; known: {', '.join(self.as_dict())}")
+        return replace(self, **changes)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PROTOCOLS: dict[str, ImageProtocol] = {
+    "full": ImageProtocol(C=16, N=1, epochs=50, proxy_epochs=50, resolution=32, seeds=(0, 1, 2, 3, 4),
+                          num_archs=100, ipc=50, amp=True, channels_last=True),
+    "cpu": ImageProtocol(C=8, N=1, epochs=12, proxy_epochs=50, resolution=16, train_subset=250, val_subset=100,
+                         test_subset=500, seeds=(0, 1), proxy_seeds=(0,), num_archs=25, ipc=10),
+    "smoke": ImageProtocol(C=4, N=1, epochs=1, proxy_epochs=5, resolution=8, train_subset=20, val_subset=10,
+                           seeds=(0,), num_archs=3, ipc=2),
+}
+
+
+def get_protocol(name: str) -> ImageProtocol:
+    """The preset ``name`` of :data:`PROTOCOLS`."""
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown image protocol {name!r}; known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def downsample(data: ImageData, resolution: int | None) -> ImageData:
+    """``data`` with every image average-pooled to ``resolution``×``resolution`` (rounded back to uint8).
+
+    Unchanged when ``resolution`` is None or the images already have that size; a ConfigError
+    when the images are smaller or their size is not a multiple of ``resolution``.
+    """
+    h, w, _ = data.image_shape
+    if resolution is None or (h, w) == (resolution, resolution):
+        return data
+    if h < resolution or w < resolution or h % resolution or w % resolution:
+        raise ConfigError(f"cannot average-pool {h}x{w} images of '{data.name}' to {resolution}x{resolution} "
+                          "(the size must be a multiple of the resolution)")
+    kernel = (h // resolution, w // resolution)
+
+    def pool(x: Tensor) -> Tensor:
+        if len(x) == 0:
+            return x.new_zeros((0, resolution, resolution, x.shape[-1]))
+        out = [F.avg_pool2d(chunk.permute(0, 3, 1, 2).float(), kernel).round_().clamp_(0, 255).to(torch.uint8)
+               for chunk in x.split(4096)]
+        return torch.cat(out).permute(0, 2, 3, 1).contiguous()
+
+    return replace(data, x_train=pool(data.x_train), x_val=pool(data.x_val), x_test=pool(data.x_test)).validate()
+
+
+def class_subset(y: Tensor, per_class: int | None, num_classes: int, seed: int = 0) -> Tensor:
+    """Positions (ascending) of at most ``per_class`` items of each class of ``y``, drawn with ``seed`` (all if None)."""
+    if per_class is None:
+        return torch.arange(len(y))
+    rng = np.random.default_rng(seed)
+    labels = y.numpy()
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(num_classes)]
+    return torch.from_numpy(np.sort(np.concatenate(keep))).long()
+
+
+def prepare_data(data: ImageData, protocol: ImageProtocol) -> ImageData:
+    """The data a protocol works on: ``train_subset`` / ``val_subset`` / ``test_subset`` images per class
+    of each split (a fixed seeded sample, kept in order), pooled to ``resolution``. Idempotent."""
+    picks = {split: class_subset(data.split(split)[1], per_class, data.num_classes, seed=i)
+             for i, (split, per_class) in enumerate((("train", protocol.train_subset), ("val", protocol.val_subset),
+                                                     ("test", protocol.test_subset)))}
+    if any(len(idx) < len(data.split(split)[1]) for split, idx in picks.items()):
+        changes = {}
+        for split, idx in picks.items():
+            x, y = data.split(split)
+            changes.update({f"x_{split}": x[idx], f"y_{split}": y[idx]})
+        data = replace(data, **changes).validate()
+    return downsample(data, protocol.resolution)
+
+
+def data_fingerprint(data: ImageData) -> str:
+    """A hash of ``data``'s content (name, classes, every split's images and labels), for cache keys."""
+    h = hashlib.sha256(json.dumps([data.name, list(data.classes), list(data.image_shape)]).encode())
+    for split in ("train", "val", "test"):
+        x, y = data.split(split)
+        h.update(f"{split}:{len(y)}".encode())
+        h.update(x.contiguous().numpy().data)
+        h.update(y.contiguous().numpy().data)
+    return h.hexdigest()[:16]
+
+
+# --- training and scoring -------------------------------------------------------------------------
+
+
+def _uses_cuda_tricks(device: torch.device, flag: bool) -> bool:
+    return flag and device.type == "cuda"
+
+
+def train_architecture(
+    arch: Architecture,
+    x: Tensor,
+    y: Tensor,
+    protocol: ImageProtocol,
+    seed: int,
+    *,
+    num_classes: int | None = None,
+    epochs: int | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Tensor]:
+    """Train the NB201Network of ``arch`` on normalised images ``x`` [n, c, h, w] and labels ``y``; return its parameters.
+
+    The result maps parameter names to tensors for ``torch.func.functional_call(NB201Network(...),
+    params, (x, arch.to_alpha()))`` (all parameters of the relaxed network; those of the unused
+    operations keep their initial values). ``epochs`` overrides ``protocol.epochs`` (0 returns the
+    initial weights); ``num_classes`` defaults to ``max(y) + 1``; ``device`` defaults to ``x``'s.
+    On CUDA, ``protocol.amp`` trains under bfloat16 autocast and ``protocol.channels_last`` uses
+    channels-last tensors. Deterministic on CPU for a given seed.
+    """
+    device = torch.device(device) if device is not None else x.device
+    epochs = protocol.epochs if epochs is None else epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if x.ndim != 4 or len(x) != len(y) or len(y) == 0:
+        raise DataError(f"training images must be [n, c, h, w] with n = len(y) > 0, got {list(x.shape)} and {len(y)} labels")
+    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
+    net = NB201Network(protocol.C, protocol.N, num_classes, x.shape[1], norm_groups=protocol.norm_groups,
+                       generator=seeded_generator(seed, INIT_STREAM))
+    channels_last = _uses_cuda_tricks(device, protocol.channels_last)
+    net = net.to(device, memory_format=torch.channels_last) if channels_last else net.to(device)
+    x, y = x.to(device), y.to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    alpha = arch.to_alpha(device=device)
+    params = list(net.parameters())
+    opt = torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+    steps = epochs * math.ceil(len(y) / protocol.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / max(steps, 1))))
+    amp = _uses_cuda_tricks(device, protocol.amp)
+    g = seeded_generator(seed, SHUFFLE_STREAM)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=g).split(protocol.batch_size):
+            idx = idx.to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = net(x[idx], alpha)
+            loss = F.cross_entropy(logits.float(), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            used = [p for p in params if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(used, protocol.grad_clip)
+            opt.step()
+            schedule.step()
+    return {k: v.detach() for k, v in net.named_parameters()}
+
+
+def _skeleton(params: dict[str, Tensor], protocol: ImageProtocol) -> NB201Network:
+    """An NB201Network with the shapes of ``params`` and no real storage (for ``functional_call``)."""
+    with torch.device("meta"):
+        return NB201Network(protocol.C, protocol.N, params["classifier.weight"].shape[0], params["stem.0.weight"].shape[1],
+                            norm_groups=protocol.norm_groups)
+
+
+@torch.no_grad()
+def score_architecture(
+    arch: Architecture,
+    params: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    protocol: ImageProtocol,
+    *,
+    device: torch.device | str | None = None,
+    batch_size: int = EVAL_BATCH,
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of the trained network (``params`` of :func:`train_architecture`) on (x, y)."""
+    if len(y) == 0:
+        raise DataError("cannot score an architecture on an empty set of images")
+    device = torch.device(device) if device is not None else next(iter(params.values())).device
+    net = _skeleton(params, protocol)
+    params = {k: v.to(device) for k, v in params.items()}
+    alpha = arch.to_alpha(device=device)
+    amp = _uses_cuda_tricks(device, protocol.amp)
+    channels_last = _uses_cuda_tricks(device, protocol.channels_last)
+    correct, loss = 0, 0.0
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        xb, yb = xb.to(device), yb.to(device)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = functional_call(net, params, (xb, alpha))
+        logits = logits.float()
+        correct += int((logits.argmax(1) == yb).sum())
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+    return {"acc": correct / len(y), "loss": loss / len(y)}
+
+
+def default_device(device: torch.device | str | None = None) -> torch.device:
+    """``device``, or CUDA when available, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --- ground truth -----------------------------------------------------------------------------------
+
+METRICS = ("val_acc", "val_loss", "test_acc")
+
+
+@dataclass
+class ImageGroundTruth:
+    """True scores of ``archs`` (mean over the protocol's seeds) on the original data, in ``archs`` order."""
+
+    archs: list[Architecture]
+    val_acc: Tensor
+    val_loss: Tensor
+    test_acc: Tensor
+    per_seed: list[dict]  # per architecture: {seed: {"val_acc", "val_loss", "test_acc"}}
+    computed: int  # architectures trained in this call (the rest came from the cache)
+    seconds: float  # wall time of this call
+    compute_seconds: float  # training + scoring time of all archs, including cached ones (as first measured)
+    cache_file: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"architectures": [a.to_str() for a in self.archs], "val_acc": self.val_acc.tolist(),
+                "val_loss": self.val_loss.tolist(), "test_acc": self.test_acc.tolist(), "computed": self.computed,
+                "seconds": self.seconds, "compute_seconds": self.compute_seconds}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path``'s ``.lock`` sibling for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())["archs"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return {}
+
+
+def _merge_entry(path: Path, header: dict, key: str, entry: dict) -> None:
+    """Add ``entry`` under ``key`` to the cache file ``path``: read, merge and write atomically under the lock."""
+    with _locked(path):
+        merged = {**_read_cache(path), key: entry}
+        atomic_write_json(path, {**header, "archs": merged})
+
+
+def ground_truth_path(data: ImageData, protocol: ImageProtocol, cache: str | Path | None = None,
+                      device: torch.device | str | None = None) -> Path:
+    """The cache file of ``data`` (already :func:`prepare_data`'d) under ``protocol``.
+
+    Keyed by the data's fingerprint, :meth:`ImageProtocol.truth_key` and the numeric precision
+    (bf16 when CUDA autocast is on, else fp32).
+    """
+    device = default_device(device)
+    precision = "bf16" if _uses_cuda_tricks(device, protocol.amp) else "fp32"
+    root = (Path(cache) if cache is not None else cache_dir()) / "image_groundtruth"
+    return root / f"{data.name.lower()}-{data_fingerprint(data)}-{protocol.truth_key()}-{precision}.json"
+
+
+def image_ground_truth(
+    data: ImageData,
+    archs: Sequence[Architecture],
+    protocol: ImageProtocol,
+    cache: str | Path | None = None,
+    *,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> ImageGroundTruth:
+    """Mean validation accuracy / loss and test accuracy of ``archs`` trained on ``data`` under ``protocol``.
+
+    ``data`` is first reduced by :func:`prepare_data`. Each architecture is trained once per seed
+    of ``protocol.seeds`` on the training split and scored on the validation and test splits.
+    Results are cached in one JSON file per (data fingerprint, protocol, precision) under
+    ``<cache>/image_groundtruth/`` (default :func:`hcdc.paths.cache_dir`), one entry per
+    architecture string; only missing architectures are trained, and each is merged into the file
+    as soon as it is done, under an exclusive ``flock`` and with an atomic write, so concurrent
+    runs share work without losing or corrupting entries and an interrupted run resumes.
+    """
+    start = time.perf_counter()
+    archs = list(archs)
+    if not archs:
+        raise ConfigError("image ground truth needs at least one architecture")
+    device = default_device(device)
+    data = prepare_data(data, protocol)
+    if len(data.y_val) == 0:
+        raise DataError(f"dataset '{data.name}' has no validation images to rank architectures by")
+    path = ground_truth_path(data, protocol, cache, device)
+    header = {"format": CACHE_FORMAT, "dataset": data.name, "summary": data.summary(), "protocol": protocol.as_dict(),
+              "truth_key": protocol.truth_key()}
+    keys = [a.to_str() for a in archs]
+    known = _read_cache(path)
+    missing = [k for k in dict.fromkeys(keys) if k not in known]
+    if missing:
+        splits = {s: (data.normalized(s).to(device), data.split(s)[1].to(device)) for s in ("train", "val", "test")}
+        x_train, y_train = splits["train"]
+        for key in tqdm(missing, desc=f"ground truth ({data.name})", unit="arch", disable=not progress):
+            arch, t0, seeds = Architecture.parse(key), time.perf_counter(), {}
+            for seed in protocol.seeds:
+                params = train_architecture(arch, x_train, y_train, protocol, seed, num_classes=data.num_classes, device=device)
+                val = score_architecture(arch, params, *splits["val"], protocol, device=device)
+                test = (score_architecture(arch, params, *splits["test"], protocol, device=device)
+                        if len(splits["test"][1]) else {"acc": float("nan")})
+                seeds[str(seed)] = {"val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"]}
+            entry = {m: float(np.mean([s[m] for s in seeds.values()])) for m in METRICS}
+            entry.update(seeds=seeds, seconds=time.perf_counter() - t0, device=str(device))
+            _merge_entry(path, header, key, entry)
+            known[key] = entry
+    values = {m: torch.tensor([known[k][m] for k in keys], dtype=torch.float64) for m in METRICS}
+    return ImageGroundTruth(archs, values["val_acc"], values["val_loss"], values["test_acc"],
+                            [known[k]["seeds"] for k in keys], len(missing), time.perf_counter() - start,
+                            float(sum(known[k]["seconds"] for k in dict.fromkeys(keys))), str(path))
+
+
+# --- proxy evaluation -------------------------------------------------------------------------------
+
+
+def proxy_score(acc: Tensor | Sequence[float], loss: Tensor | Sequence[float]) -> Tensor:
+    """Accuracy with the loss as tie-breaker: ``acc − 1e-6 · loss / max(loss)`` (higher is better)."""
+    acc, loss = torch.as_tensor(acc, dtype=torch.float64), torch.as_tensor(loss, dtype=torch.float64)
+    top = float(loss.abs().max()) if len(loss) else 0.0
+    return acc - TIE_BREAK * loss / (top if top > 0 else 1.0)
+
+
+@dataclass
+class ImageProxyEvaluation:
+    """How a proxy ranks architectures: its scores, the truth, the ranking report, Perf and the oracle's Perf."""
+
+    archs: list[Architecture]
+    proxy_acc: Tensor
+    proxy_loss: Tensor
+    proxy_score: Tensor
+    truth: ImageGroundTruth
+    report: dict[str, float]
+    perf: float  # true test accuracy of the proxy's pick
+    oracle_perf: float  # true test accuracy of the architecture with the best true validation accuracy
+    pick: int
+    oracle_pick: int
+    seconds: float
+
+    def row(self) -> dict:
+        return {**self.report, "perf": self.perf, "oracle_perf": self.oracle_perf, "pick": self.archs[self.pick].to_str(),
+                "oracle_pick": self.archs[self.oracle_pick].to_str(), "seconds": self.seconds,
+                "seconds_per_arch": self.seconds / len(self.archs)}
+
+    def scores(self) -> dict:
+        """Per-architecture proxy numbers, JSON-ready."""
+        return {"score": self.proxy_score.tolist(), "val_acc": self.proxy_acc.tolist(), "val_loss": self.proxy_loss.tolist()}
+
+
+def _proxy_images(proxy: Proxy, protocol: ImageProtocol) -> tuple[Tensor, Tensor]:
+    """The proxy's images at the protocol's resolution (average-pooled when larger)."""
+    x = proxy.tensors["x"].float()
+    h, w = x.shape[-2:]
+    r = protocol.resolution
+    if r is not None and (h, w) != (r, r):
+        if h < r or w < r or h % r or w % r:
+            raise ConfigError(f"the proxy's {h}x{w} images cannot be average-pooled to the protocol's {r}x{r}")
+        x = F.avg_pool2d(x, (h // r, w // r))
+    return x, proxy.tensors["y"]
+
+
+def evaluate_image_proxy(
+    proxy: Proxy,
+    data: ImageData | None,
+    archs: Sequence[Architecture],
+    protocol: ImageProtocol,
+    truth: ImageGroundTruth,
+    *,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> ImageProxyEvaluation:
+    """Rank ``archs`` on ``proxy`` and compare with ``truth`` (from :func:`image_ground_truth`).
+
+    Each architecture trains ``protocol.proxy_epochs`` epochs on the proxy's training part, once per
+    seed of ``protocol.proxy_seeds``, and is scored on the proxy's validation part; the proxy score
+    is the mean accuracy with the mean loss as tie-breaker (:func:`proxy_score`). The report holds
+    Spearman / Kendall / top-5 overlap / regret of that score against the true validation accuracy
+    (:func:`hcdc.metrics.ranking_report`), plus ``spearman_acc`` (accuracy alone, ties averaged)
+    and ``spearman_loss`` / ``kendall_loss`` (the loss alone). ``perf`` is the true test accuracy of
+    the proxy's best architecture (the first on ties), ``oracle_perf`` that of the truly best one.
+    ``data`` (optional) is checked against the proxy's dataset name and class count.
+    """
+    start = time.perf_counter()
+    archs = list(archs)
+    if proxy.kind != "image":
+        raise ConfigError(f"evaluate_image_proxy needs an image proxy, got a {proxy.kind} proxy")
+    if [a.to_str() for a in truth.archs] != [a.to_str() for a in archs]:
+        raise ConfigError("the ground truth is for other architectures than those to evaluate")
+    if len(archs) < 2:
+        raise ConfigError("ranking needs at least two architectures")
+    if data is not None and (data.num_classes != proxy.num_classes or data.name != proxy.meta["dataset"]):
+        raise ConfigError(f"the proxy is of '{proxy.meta['dataset']}' with {proxy.num_classes} classes, "
+                          f"the data '{data.name}' has {data.num_classes}")
+    device = default_device(device)
+    x, y = _proxy_images(proxy, protocol)
+    train, val = proxy.tensors["train_mask"], proxy.tensors["val_mask"]
+    x_tr, y_tr, x_val, y_val = x[train].to(device), y[train].to(device), x[val].to(device), y[val].to(device)
+    acc, loss = [], []
+    for arch in tqdm(archs, desc=f"proxy {proxy.meta['method']}", unit="arch", disable=not progress):
+        runs = []
+        for seed in protocol.seeds_on_proxy:
+            params = train_architecture(arch, x_tr, y_tr, protocol, seed, num_classes=proxy.num_classes,
+                                        epochs=protocol.epochs_on_proxy, device=device)
+            runs.append(score_architecture(arch, params, x_val, y_val, protocol, device=device))
+        acc.append(float(np.mean([r["acc"] for r in runs])))
+        loss.append(float(np.mean([r["loss"] for r in runs])))
+    acc_t, loss_t = torch.tensor(acc, dtype=torch.float64), torch.tensor(loss, dtype=torch.float64)
+    score = proxy_score(acc_t, loss_t)
+    true = truth.val_acc.numpy()
+    report = ranking_report(score.numpy(), true, proxy_higher_is_better=True, k=min(5, len(archs)))
+    by_loss = ranking_report(loss_t.numpy(), true, proxy_higher_is_better=False, k=min(5, len(archs)))
+    by_acc = ranking_report(acc_t.numpy(), true, proxy_higher_is_better=True, k=min(5, len(archs)))
+    report.update(spearman_acc=by_acc["spearman"], spearman_loss=by_loss["spearman"], kendall_loss=by_loss["kendall"])
+    pick = int(np.argmax(score.numpy()))
+    oracle = int(np.argmax(true))
+    return ImageProxyEvaluation(archs, acc_t, loss_t, score, truth, report, float(truth.test_acc[pick]),
+                                float(truth.test_acc[oracle]), pick, oracle, time.perf_counter() - start)
+
+
+__all__ = [
+    "PROTOCOLS", "ImageGroundTruth", "ImageProtocol", "ImageProxyEvaluation", "class_subset", "data_fingerprint",
+    "default_device", "downsample", "evaluate_image_proxy", "get_protocol", "ground_truth_path", "image_ground_truth",
+    "prepare_data", "proxy_score", "score_architecture", "train_architecture",
+]

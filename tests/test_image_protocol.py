@@ -1,0 +1,350 @@
+"""The image track's evaluation protocol (hcdc.image.protocol), its figures, the `hcdc plot` command and
+bench/image_table.py's option resolution; tiny images and networks only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hcdc.artifacts import FORMAT_VERSION, Proxy, save_proxy
+from hcdc.cli import main as cli_main
+from hcdc.data.image import ImageData, load_cifar_python
+from hcdc.errors import ConfigError
+from hcdc.image import protocol as P
+from hcdc.image.condensers import IMAGE_CONDENSERS, make_image_condenser
+from hcdc.image.figures import plot_ranking
+from hcdc.image.protocol import (PROTOCOLS, ImageProtocol, evaluate_image_proxy, image_ground_truth, prepare_data,
+                                 proxy_score, score_architecture, train_architecture)
+from hcdc.image.space import Architecture
+from test_data_image import _py2_pickle  # the official batches' Python 2 pickling
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ImageProtocol(C=4, N=1, epochs=4, proxy_epochs=15, batch_size=16, seeds=(0,), num_archs=3, ipc=4)
+NONE = Architecture((0,) * 6)  # degenerate: no path from input to output, the network predicts a constant
+CONV = Architecture.parse("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|")
+CONV2 = Architecture.parse("|nor_conv_1x1~0|+|avg_pool_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|skip_connect~1|none~2|")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HCDC_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
+def _images(n_per_class: int, classes: int, seed: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """An easy, separable toy task: class c is a bright square in quadrant c % 4 over a class colour, plus noise."""
+    g = np.random.default_rng(seed)
+    x = g.integers(0, 60, (n_per_class * classes, size, size, 3)).astype(np.int64)
+    y = np.repeat(np.arange(classes), n_per_class)
+    half = size // 2
+    for i, c in enumerate(y):
+        r, col = divmod(c % 4, 2)
+        x[i, r * half:(r + 1) * half, col * half:(col + 1) * half, :] += 150
+        x[i, ..., c % 3] += 40
+    return torch.from_numpy(x.clip(0, 255).astype(np.uint8)), torch.from_numpy(y)
+
+
+def toy_data(classes: int = 4, size: int = 8) -> ImageData:
+    (xtr, ytr), (xv, yv), (xt, yt) = (_images(n, classes, s, size) for n, s in ((24, 0), (8, 1), (8, 2)))
+    return ImageData("toy", tuple(f"c{i}" for i in range(classes)), xtr, xv, xt, ytr, yv, yt).validate()
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("image_table", ROOT / "bench" / "image_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- protocol -----------------------------------------------------------------------------------------
+
+
+def test_presets_follow_the_paper_and_keys_are_stable():
+    full, cpu = PROTOCOLS["full"], PROTOCOLS["cpu"]
+    assert (full.C, full.N, full.epochs, full.batch_size, full.lr, full.momentum, full.weight_decay, full.grad_clip) == \
+        (16, 1, 50, 64, 0.025, 0.9, 3e-4, 5.0)
+    assert full.seeds == (0, 1, 2, 3, 4) and full.num_archs == 100 and full.ipc == 50 and full.resolution == 32
+    assert full.train_subset is None and full.val_subset is None and full.amp and full.channels_last
+    assert cpu.resolution == 16 and cpu.C == 8 and 20 <= cpu.num_archs <= 30 and cpu.ipc == 10 and len(cpu.seeds) == 2
+    assert len(cpu.architectures()) == cpu.num_archs and cpu.architectures()[0] == full.architectures()[0]
+    # keys: deterministic, equal for equal protocols, sensitive to every field
+    assert full.key() == ImageProtocol(**{**full.as_dict(), "seeds": tuple(full.seeds)}).key()
+    assert len({p.key() for p in PROTOCOLS.values()}) == len(PROTOCOLS)
+    assert full.with_(epochs=49).key() != full.key() and full.with_(epochs=49).truth_key() != full.truth_key()
+    # the ground-truth key ignores what only concerns proxies and the bench
+    assert full.with_(proxy_epochs=7, ipc=10, num_archs=5, proxy_seeds=(0,)).truth_key() == full.truth_key()
+    # pinned: a change here silently invalidates every cached ground truth
+    assert full.truth_key() == "3d02b851f1a6c024"
+
+
+@pytest.mark.parametrize("change", [dict(C=0), dict(epochs=1.5), dict(seeds=()), dict(seeds=(0, 0)), dict(lr=-1.0),
+                                    dict(momentum=1.0), dict(resolution=0), dict(num_archs=101), dict(train_subset=True)])
+def test_invalid_protocols_are_config_errors(change):
+    with pytest.raises(ConfigError, match="image protocol"):
+        replace(TINY, **change)
+
+
+def test_prepare_data_subsets_and_downsamples_idempotently():
+    data = toy_data(size=16)
+    protocol = TINY.with_(resolution=8, train_subset=10, val_subset=3)
+    view = prepare_data(data, protocol)
+    assert view.image_shape == (8, 8, 3) and len(view.y_train) == 40 and len(view.y_val) == 12
+    assert torch.bincount(view.y_train).tolist() == [10] * 4 and len(view.y_test) == len(data.y_test)
+    again = prepare_data(view, protocol)
+    assert torch.equal(again.x_train, view.x_train) and torch.equal(again.y_val, view.y_val)
+    # average pooling: a 2x2 block's mean, rounded
+    first = int(P.class_subset(data.y_train, 10, 4)[0])
+    expected = data.x_train[first:first + 1].permute(0, 3, 1, 2).float()
+    expected = torch.nn.functional.avg_pool2d(expected, 2).round().permute(0, 2, 3, 1)
+    assert torch.equal(view.x_train[:1].float(), expected)
+    with pytest.raises(ConfigError, match="multiple"):
+        prepare_data(data, TINY.with_(resolution=6))
+
+
+# --- training and ground truth ----------------------------------------------------------------------------
+
+
+def test_train_architecture_is_deterministic_and_learns():
+    data = toy_data()
+    x, y = data.normalized("train"), data.y_train
+    a = train_architecture(CONV, x, y, TINY, seed=3)
+    b = train_architecture(CONV, x, y, TINY, seed=3)
+    c = train_architecture(CONV, x, y, TINY, seed=4)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    before = score_architecture(CONV, train_architecture(CONV, x, y, TINY, seed=3, epochs=0), x, y, TINY)
+    after = score_architecture(CONV, a, x, y, TINY)
+    assert after["loss"] < before["loss"] - 0.3 and after["acc"] > 0.5, (before, after)
+    # unused operations keep their initial values
+    init = train_architecture(CONV, x, y, TINY, seed=3, epochs=0)
+    assert torch.equal(a["cells.0.edges.0.ops.nor_conv_1x1.1.weight"], init["cells.0.edges.0.ops.nor_conv_1x1.1.weight"])
+
+
+def test_ground_truth_is_cached_merged_and_locked(tmp_path, monkeypatch):
+    data = toy_data()
+    archs = [CONV, NONE]
+    locks = []
+    real_locked = P._locked
+
+    def spy(path):
+        locks.append(Path(path))
+        return real_locked(path)
+
+    monkeypatch.setattr(P, "_locked", spy)
+    first = image_ground_truth(data, archs, TINY, cache=tmp_path / "c", progress=False)
+    assert first.computed == 2 and len(locks) == 2 and first.compute_seconds > 0
+    assert first.val_acc[0] > first.val_acc[1]  # a conv cell beats the constant predictor
+    assert 0 <= float(first.test_acc.min()) and float(first.test_acc.max()) <= 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("cached architectures must not be retrained")
+
+    monkeypatch.setattr(P, "train_architecture", no_training)
+    second = image_ground_truth(data, archs[::-1], TINY, cache=tmp_path / "c", progress=False)
+    assert second.computed == 0 and torch.equal(second.val_acc, first.val_acc.flip(0))
+    monkeypatch.undo()
+    # another process adds an entry while we train: both survive the merge
+    path = Path(first.cache_file)
+    stored = json.loads(path.read_text())
+    real_train = P.train_architecture
+
+    def train_and_interleave(*args, **kwargs):
+        P._merge_entry(path, {k: v for k, v in stored.items() if k != "archs"}, "|other~0|", {"val_acc": 0.5})
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(P, "train_architecture", train_and_interleave)
+    third = image_ground_truth(data, [CONV2, CONV], TINY, cache=tmp_path / "c", progress=False)
+    assert third.computed == 1
+    entries = json.loads(path.read_text())["archs"]
+    assert {CONV.to_str(), NONE.to_str(), CONV2.to_str(), "|other~0|"} <= set(entries)
+    assert not list(path.parent.glob("*.tmp"))
+    # another protocol or other data is another file
+    other = image_ground_truth(data, [CONV], TINY.with_(epochs=1), cache=tmp_path / "c", progress=False)
+    assert other.computed == 1 and other.cache_file != first.cache_file
+
+
+def test_evaluate_proxy_reports_and_ranks_the_constant_network_last():
+    data = toy_data()
+    archs = [NONE, CONV, CONV2]
+    truth = image_ground_truth(data, archs, TINY, progress=False)
+    assert int(truth.val_acc.argmin()) == 0
+    proxy = make_image_condenser("random").condense(data, TINY.ipc, seed=0)
+    ev = evaluate_image_proxy(proxy, data, archs, TINY, truth)
+    row = ev.row()
+    assert {"spearman", "kendall", "top_k", "regret", "spearman_acc", "spearman_loss", "kendall_loss", "perf",
+            "oracle_perf", "pick", "oracle_pick"} <= set(row)
+    assert -1 <= row["spearman"] <= 1 and 0 <= row["perf"] <= 1
+    assert row["oracle_perf"] == float(truth.test_acc[int(truth.val_acc.argmax())])
+    assert int(ev.proxy_score.argmin()) == 0  # the proxy also puts the constant predictor last
+    assert row["pick"] != NONE.to_str()
+    assert len(ev.scores()["score"]) == 3
+    with pytest.raises(ConfigError, match="other architectures"):
+        evaluate_image_proxy(proxy, data, archs[:2], TINY, truth)
+
+
+def test_proxy_score_breaks_accuracy_ties_by_loss_only():
+    score = proxy_score([0.5, 0.5, 0.75, 0.25], [2.0, 1.0, 9.0, 0.1])
+    assert score.argsort(descending=True).tolist() == [2, 1, 0, 3]
+
+
+# --- CIFAR-100 ------------------------------------------------------------------------------------------
+
+
+def _write_cifar100(parent: Path, per_class: int, test_per_class: int) -> Path:
+    """A stand-in in the official CIFAR-100 python layout (train/test pickles with b'fine_labels', meta)."""
+    folder = parent / "cifar-100-python"
+    folder.mkdir(parents=True)
+    g = np.random.default_rng(0)
+    _py2_pickle(folder / "meta", {b"fine_label_names": [f"fine{i:02d}".encode() for i in range(100)],
+                                  b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]})
+    for name, n in (("train", per_class), ("test", test_per_class)):
+        fine = np.repeat(np.arange(100), n)
+        rows = g.integers(0, 256, (len(fine), 3072), dtype=np.uint8)
+        batch = {b"filenames": [b"x.png"] * len(fine), b"batch_label": name.encode(), b"fine_labels": fine.tolist(),
+                 b"coarse_labels": (fine // 5).tolist(), b"data": rows}
+        _py2_pickle(folder / name, batch)
+    return folder
+
+
+def test_cifar100_stand_in_end_to_end(tmp_path):
+    _write_cifar100(tmp_path, per_class=6, test_per_class=1)
+    data = load_cifar_python(tmp_path, val_size=200)
+    assert data.name == "cifar100" and data.num_classes == 100 and data.image_shape == (32, 32, 3)
+    protocol = PROTOCOLS["smoke"].with_(num_archs=2, ipc=1, train_subset=None, val_subset=None)
+    view = prepare_data(data, protocol)
+    archs = protocol.architectures()
+    truth = image_ground_truth(view, archs, protocol, progress=False)
+    proxy = make_image_condenser("random").condense(view, protocol.ipc, seed=0)
+    assert proxy.num_classes == 100 and proxy.tensors["x"].shape[-1] == 8
+    ev = evaluate_image_proxy(proxy, view, archs, protocol, truth)
+    assert -1 <= ev.report["spearman"] <= 1 and 0 <= ev.perf <= 1
+
+
+def test_bench_runs_on_a_cifar100_stand_in(tmp_path):
+    bench = _bench()
+    _write_cifar100(tmp_path / "data", per_class=120, test_per_class=1)  # 12,000 images: 10,000 become validation
+    result = bench.main(["--smoke", "--dataset", "cifar100", "--data-root", str(tmp_path / "data"), "--methods", "random",
+                         "--archs", "2", "--out-dir", str(tmp_path / "out")])
+    assert result["complete"] and result["dataset"] == "cifar100" and result["data"]["num_classes"] == 100
+    saved = json.loads((tmp_path / "out" / "image_table_smoke_cifar100.json").read_text())
+    row = saved["rows"][0]
+    assert row["method"] == "random" and len(row["scores"][0]) == 2 and len(saved["true_val_acc"]) == 2
+    assert "Spearman" in (tmp_path / "out" / "image_table_smoke_cifar100.md").read_text()
+    assert cli_main(["plot", "ranking", str(tmp_path / "out" / "image_table_smoke_cifar100.json"),
+                     "--out", str(tmp_path / "fig.png")]) == 0
+    # a second run resumes from the caches: nothing is trained again
+    again = bench.main(["--smoke", "--dataset", "cifar100", "--data-root", str(tmp_path / "data"), "--methods", "random",
+                        "--archs", "2", "--out-dir", str(tmp_path / "out")])
+    assert again["rows"][0]["per_seed"][0]["cached_proxy"] and again["rows"][0]["scores"] == row["scores"]
+
+
+# --- bench option resolution ----------------------------------------------------------------------------
+
+
+def test_bench_cpu_options_resolve_for_every_method():
+    bench = _bench()
+    cpu = PROTOCOLS["cpu"]
+    for method in bench.DEFAULT_METHODS:
+        if method not in IMAGE_CONDENSERS:
+            continue
+        options = bench.method_options(method, "cpu", cpu)
+        assert all(options[k] == v for k, v in bench.CPU_OPTIONS[method].items() if k != "train_options")
+    assert bench.method_options("dc", "cpu", cpu)["iterations"] == 10
+    assert bench.method_options("dc", "full", PROTOCOLS["full"]) == make_image_condenser("dc").options
+    if "hcdc" in IMAGE_CONDENSERS:
+        hcdc = bench.method_options("hcdc", "cpu", cpu)
+        assert (hcdc["C"], hcdc["N"], hcdc["norm_groups"]) == (cpu.C, cpu.N, cpu.norm_groups)
+    assert bench.method_options("dm", "cpu", cpu, {"iterations": 3})["iterations"] == 3
+    with pytest.raises(ConfigError, match="unknown image condenser"):
+        bench.method_options("nope", "cpu", cpu)
+    with pytest.raises(ConfigError, match="unknown option"):
+        bench.method_options("dm", "cpu", cpu, {"itterations": 3})
+
+
+def test_bench_argument_parsing():
+    bench = _bench()
+    run = bench.resolve(bench.build_parser().parse_args(["--protocol", "cpu", "--methods", "random", "dm",
+                                                         "--options", 'dm={"iterations": 5}']))
+    assert run["name"] == "image_table_cpu" and run["seeds"] == [0, 1] and run["options"]["dm"]["iterations"] == 5
+    smoke = bench.resolve(bench.build_parser().parse_args(["--smoke", "--archs", "2", "--ipc", "3"]))
+    assert smoke["protocol"].num_archs == 2 and smoke["protocol"].ipc == 3 and smoke["name"] == "image_table_smoke"
+    assert all(m in IMAGE_CONDENSERS for m in smoke["methods"])
+    assert bench.parse_overrides(['dc={"iterations": 2}', 'dc={"width": 8}']) == {"dc": {"iterations": 2, "width": 8}}
+    for bad in (["dc=notjson"], ["dc"], ['dc=[1]']):
+        with pytest.raises(ConfigError):
+            bench.parse_overrides(bad)
+    with pytest.raises(ConfigError, match="not run"):
+        bench.resolve(bench.build_parser().parse_args(["--methods", "random", "--options", 'dm={"iterations": 5}']))
+    with pytest.raises(ConfigError, match="not an image dataset"):
+        bench.resolve(bench.build_parser().parse_args(["--dataset", "cora", "--methods", "random"]))
+
+
+# --- figures and `hcdc plot` ----------------------------------------------------------------------------
+
+
+def _fake_results(n: int = 8) -> dict:
+    g = np.random.default_rng(0)
+    true = g.random(n)
+    return {"dataset": "toy", "ipc": 2, "architectures": [Architecture.from_index(i).to_str() for i in range(n)],
+            "true_val_acc": true.tolist(),
+            "rows": [{"method": "random", "scores": [g.random(n).tolist(), g.random(n).tolist()], "spearman_mean": 0.1,
+                      "spearman_std": 0.2},
+                     {"method": "hcdc", "scores": [(true + 0.01 * g.random(n)).tolist()], "spearman_mean": 0.95,
+                      "spearman_std": 0.0}]}
+
+
+def _one_line_error(code, err, *words):
+    lines = [line for line in err.splitlines() if line.startswith("hcdc")]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("hcdc: error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word.lower() in lines[0].lower(), (word, lines[0])
+
+
+def _graph_proxy(path: Path) -> Path:
+    adj = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    meta = {"format_version": FORMAT_VERSION, "kind": "graph", "dataset": "g", "method": "random", "num_classes": 2,
+            "seeds": [0], "config": {}, "versions": {}, "timings": {}, "ratio": 0.5}
+    tensors = {"x": torch.eye(2), "adj": adj, "y": torch.tensor([0, 1]), "train_mask": torch.tensor([True, False]),
+               "val_mask": torch.tensor([False, True])}
+    return save_proxy(Proxy("graph", tensors, meta), path)
+
+
+def test_plot_commands_write_pngs_and_fail_cleanly(tmp_path, capsys):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_fake_results()))
+    out = tmp_path / "fig2.png"
+    assert cli_main(["plot", "ranking", str(results), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_ranking(_fake_results(), tmp_path / "direct.png", methods=["hcdc"]).is_file()
+    proxy_dir = save_proxy(make_image_condenser("random").condense(toy_data(), 3, seed=0), tmp_path / "proxy")
+    out3 = tmp_path / "fig3.png"
+    assert cli_main(["plot", "images", str(proxy_dir), "--out", str(out3)]) == 0
+    assert out3.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+
+    bad_cases = [
+        (["plot", "ranking", str(tmp_path / "missing.json")], ["missing.json"]),
+        (["plot", "images", str(_graph_proxy(tmp_path / "graph"))], ["graph"]),
+        (["plot", "images", str(tmp_path / "no-proxy")], ["no-proxy"]),
+        (["plot", "ranking", str(results), "--methods", "dm"], ["dm"]),
+    ]
+    (tmp_path / "junk.json").write_text("{not json")
+    bad_cases.append((["plot", "ranking", str(tmp_path / "junk.json")], ["junk.json"]))
+    (tmp_path / "empty.json").write_text(json.dumps({**_fake_results(), "rows": []}))
+    bad_cases.append((["plot", "ranking", str(tmp_path / "empty.json")], ["rows"]))
+    (tmp_path / "short.json").write_text(json.dumps({**_fake_results(), "true_val_acc": [0.5]}))
+    bad_cases.append((["plot", "ranking", str(tmp_path / "short.json")], ["true_val_acc"]))
+    for argv, words in bad_cases:
+        target = tmp_path / "bad.png"
+        code = cli_main([*argv, "--out", str(target)])
+        _one_line_error(code, capsys.readouterr().err, *words)
+        assert not target.exists()
+    code = cli_main(["plot", "ranking", str(results), "--out", str(tmp_path / "fig.jpg")])
+    _one_line_error(code, capsys.readouterr().err, "png")
