@@ -130,13 +130,13 @@ def test_ground_truth_is_cached_merged_and_locked(tmp_path, monkeypatch):
     data = toy_data()
     archs = [CONV, NONE]
     locks = []
-    real_locked = P._locked
+    real_merge = P.merge_json_entries
 
-    def spy(path):
+    def spy(path, *args):
         locks.append(Path(path))
-        return real_locked(path)
+        return real_merge(path, *args)
 
-    monkeypatch.setattr(P, "_locked", spy)
+    monkeypatch.setattr(P, "merge_json_entries", spy)
     first = image_ground_truth(data, archs, TINY, cache=tmp_path / "c", progress=False)
     assert first.computed == 2 and len(locks) == 2 and first.compute_seconds > 0
     assert first.val_acc[0] > first.val_acc[1]  # a conv cell beats the constant predictor
@@ -155,7 +155,7 @@ def test_ground_truth_is_cached_merged_and_locked(tmp_path, monkeypatch):
     real_train = P.train_architecture
 
     def train_and_interleave(*args, **kwargs):
-        P._merge_entry(path, {k: v for k, v in stored.items() if k != "archs"}, "|other~0|", {"val_acc": 0.5})
+        P.merge_json_entries(path, "archs", {"|other~0|": {"val_acc": 0.5}}, {k: v for k, v in stored.items() if k != "archs"})
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(P, "train_architecture", train_and_interleave)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -58,3 +59,35 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path``'s ``.lock`` sibling for the duration of the block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_json_entries(path: str | os.PathLike, field: str) -> dict:
+    """The dict under ``field`` of the JSON file ``path``; empty when the file is missing or unreadable."""
+    try:
+        entries = json.loads(Path(path).read_text())[field]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def merge_json_entries(path: str | os.PathLike, field: str, fresh: dict, header: dict) -> dict:
+    """Add ``fresh`` to the entries under ``field`` of the JSON cache ``path`` (with ``header``'s other
+    fields): read, merge and write atomically under :func:`file_lock`, so concurrent writers lose nothing.
+    Returns the merged entries."""
+    with file_lock(path):
+        merged = {**read_json_entries(path, field), **fresh}
+        atomic_write_json(path, {**header, field: merged})
+    return merged

@@ -9,20 +9,16 @@ written atomically, so concurrent writers never lose or corrupt entries.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from ..data.graph import GraphData
-from ..io import atomic_write_json
+from ..io import merge_json_entries, read_json_entries
 from ..paths import cache_dir
 from .space import TrainProtocol
 from .train import NodeGraph, score_configs
@@ -54,39 +50,19 @@ def config_key(lam: Tensor) -> str:
     return ",".join(f"{float(v):.7g}" for v in lam)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())["configs"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return {}
-
-
 def ground_truth(data: GraphData, lam: Tensor, protocol: TrainProtocol, cache: Path | None = None) -> GroundTruth:
     """Scores of ``lam`` on ``data`` under ``protocol``, training only what the cache lacks."""
     start = time.perf_counter()
     root = (cache if cache is not None else cache_dir()) / "groundtruth"
     path = root / f"{data.name.lower()}-{graph_fingerprint(data)}-{protocol.key()}.json"
     keys = [config_key(row) for row in lam]
-    known = _read(path)
+    known = read_json_entries(path, "configs")
     missing_keys = [k for k in dict.fromkeys(keys) if k not in known]
     if missing_keys:
         index = [keys.index(k) for k in missing_keys]
         scores = score_configs(NodeGraph.from_graph_data(data), lam[index], protocol)
         fresh = {k: {m: float(getattr(scores, m)[j]) for m in METRICS} for j, k in enumerate(missing_keys)}
-        with _locked(path):
-            merged = {**_read(path), **fresh}
-            atomic_write_json(path, {"dataset": data.name, "protocol": protocol.as_dict(), "configs": merged})
+        merge_json_entries(path, "configs", fresh, {"dataset": data.name, "protocol": protocol.as_dict()})
         known = {**known, **fresh}
     values = {m: torch.tensor([known[k][m] for k in keys]) for m in METRICS}
     return GroundTruth(lam, values["val_loss"], values["val_acc"], values["test_acc"], len(missing_keys),

@@ -71,8 +71,6 @@ derived from the seed, so a seed gives the same network on a given device.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -80,7 +78,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +90,7 @@ from tqdm.auto import tqdm
 from ..artifacts import Proxy
 from ..data.image import ImageData
 from ..errors import ConfigError, DataError
-from ..io import atomic_write_json
+from ..io import merge_json_entries, read_json_entries
 from ..metrics import ranking_report
 from ..paths import cache_dir
 from .condensers.base import seeded_generator
@@ -431,32 +429,6 @@ class ImageGroundTruth:
                 "seconds": self.seconds, "compute_seconds": self.compute_seconds}
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path``'s ``.lock`` sibling for the duration of the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _read_cache(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())["archs"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
-        return {}
-
-
-def _merge_entry(path: Path, header: dict, key: str, entry: dict) -> None:
-    """Add ``entry`` under ``key`` to the cache file ``path``: read, merge and write atomically under the lock."""
-    with _locked(path):
-        merged = {**_read_cache(path), key: entry}
-        atomic_write_json(path, {**header, "archs": merged})
-
-
 def ground_truth_path(data: ImageData, protocol: ImageProtocol, cache: str | Path | None = None,
                       device: torch.device | str | None = None) -> Path:
     """The cache file of ``data`` (already :func:`prepare_data`'d) under ``protocol``.
@@ -501,7 +473,7 @@ def image_ground_truth(
     header = {"format": CACHE_FORMAT, "dataset": data.name, "summary": data.summary(), "protocol": protocol.as_dict(),
               "truth_key": protocol.truth_key()}
     keys = [a.to_str() for a in archs]
-    known = _read_cache(path)
+    known = read_json_entries(path, "archs")
     missing = [k for k in dict.fromkeys(keys) if k not in known]
     if missing:
         splits = {s: (data.normalized(s).to(device), data.split(s)[1].to(device)) for s in ("train", "val", "test")}
@@ -516,7 +488,7 @@ def image_ground_truth(
                 seeds[str(seed)] = {"val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"]}
             entry = {m: float(np.mean([s[m] for s in seeds.values()])) for m in METRICS}
             entry.update(seeds=seeds, seconds=time.perf_counter() - t0, device=str(device))
-            _merge_entry(path, header, key, entry)
+            merge_json_entries(path, "archs", {key: entry}, header)
             known[key] = entry
     values = {m: torch.tensor([known[k][m] for k in keys], dtype=torch.float64) for m in METRICS}
     return ImageGroundTruth(archs, values["val_acc"], values["val_loss"], values["test_acc"],
