@@ -88,7 +88,7 @@ def proxies(data):
 
 
 def test_registry_names_and_errors():
-    assert set(IMAGE_CONDENSERS) == {"random", "kcenter", "herding", "dc", "dsa", "dm", "kip", "tm"}
+    assert set(IMAGE_CONDENSERS) == {"random", "kcenter", "herding", "dc", "dsa", "dm", "kip", "tm", "hcdc"}
     with pytest.raises(ConfigError, match="unknown image condenser 'nope'"):
         make_image_condenser("nope")
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['epochs'\]"):

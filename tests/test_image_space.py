@@ -292,3 +292,26 @@ def test_functional_call_with_grad_wrt_params_uses_the_discrete_cell():
     assert unused and all(torch.equal(g[k], torch.zeros_like(g[k])) for k in unused)
     assert g["cells.0.edges.0.ops.nor_conv_3x3.1.weight"].abs().sum() > 0
     assert sum(p.numel() for k, p in params.items() if g[k].abs().sum() > 0) <= count_parameters(arch, C=4, num_classes=3)
+
+
+def test_mixed_partials_under_nested_transforms_see_zero_weight_ops():
+    """vjp in alpha of grad in the parameters (an IFT hypergradient's mixed partials) at a one-hot point:
+    the inner wrapper of alpha does not require grad, yet zero-weight ops must not be skipped."""
+    net, x, y = _tiny(torch.float64)
+    loss, params = _loss(net, x, y), _params(net)
+    alpha = Architecture.parse(EXAMPLE).to_alpha(dtype=torch.float64)
+    grad_theta = grad(loss)
+    gen = torch.Generator().manual_seed(3)
+    u = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in params.items()}
+    _, pullback = vjp(lambda a: grad_theta(params, a), alpha)
+    (mixed,) = pullback(u)
+    assert (mixed[:, 1:] != 0).all()
+
+    def inner(a):  # ⟨∂_θ L(θ, a), u⟩
+        g = grad_theta(params, a)
+        return sum((g[k] * u[k]).sum() for k in u)
+
+    d = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    eps = 1e-6
+    fd = (inner(alpha + eps * d) - inner(alpha - eps * d)) / (2 * eps)
+    assert abs(float((mixed * d).sum()) - float(fd)) < 1e-6 * max(1.0, abs(float(fd)))

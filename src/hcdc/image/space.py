@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
-from torch._C._functorch import TransformType
+from torch._C._functorch import TransformType, get_unwrapped, is_functorch_wrapped_tensor
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from ..errors import ConfigError, DataError
@@ -331,12 +331,24 @@ def _nonzero_ops(alpha: Tensor) -> list[list[int]]:
 
 
 def _is_constant(alpha: Tensor) -> bool:
-    """Whether no derivative with respect to ``alpha`` is being taken (so zero weights may be skipped)."""
+    """Whether no derivative with respect to ``alpha`` is being taken (so zero weights may be skipped).
+
+    Under nested ``torch.func`` transforms (e.g. a ``vjp`` in alpha of a ``grad`` in the
+    parameters: the mixed partials of an IFT hypergradient) the innermost wrapper of alpha does
+    not require grad although an outer level differentiates it, so every wrapper level is checked.
+    """
     if alpha.requires_grad and torch.is_grad_enabled():
         return False
     if fwAD.unpack_dual(alpha).tangent is not None:
         return False
-    return not any(i.key() in (TransformType.Jvp, TransformType.Vmap) for i in retrieve_all_functorch_interpreters())
+    if any(i.key() in (TransformType.Jvp, TransformType.Vmap) for i in retrieve_all_functorch_interpreters()):
+        return False
+    t = alpha
+    while is_functorch_wrapped_tensor(t):
+        t = get_unwrapped(t)
+        if t.requires_grad:
+            return False
+    return True
 
 
 def count_parameters(arch: Architecture, C: int = 16, N: int = 1, num_classes: int = 10, in_channels: int = 3) -> int:

@@ -2,11 +2,13 @@
 
 Registered names: ``random``, ``kcenter``, ``herding`` (coresets, :mod:`.coresets`), ``dc`` and
 ``dsa`` (gradient matching, :mod:`.matching`), ``dm`` (distribution matching, :mod:`.dm`), ``kip``
-(kernel inducing points, :mod:`.kip`) and ``tm`` (trajectory matching, :mod:`.tm`).
+(kernel inducing points, :mod:`.kip`), ``tm`` (trajectory matching, :mod:`.tm`), and HCDC itself,
+``hcdc`` (:mod:`.hcdc`: a ``train_method``'s training set plus a validation set learned by
+hypergradient alignment, :mod:`hcdc.image.calibrate`).
 ``make_image_condenser(name, **options).condense(data, ipc, seed)`` returns an image proxy.
 """
 
-from . import coresets, dm, kip, matching, tm
+from . import coresets, dm, hcdc, kip, matching, tm
 from .base import (
     IMAGE_CONDENSERS,
     ImageCondenser,
@@ -24,6 +26,7 @@ from .coresets import (
     kcenter_greedy,
 )
 from .dm import DMCondenser
+from .hcdc import HCDCCondenser
 from .kip import KIPCondenser
 from .matching import DCCondenser, DSACondenser, matching_distance
 from .tm import TMCondenser
@@ -33,6 +36,7 @@ __all__ = [
     "DCCondenser",
     "DMCondenser",
     "DSACondenser",
+    "HCDCCondenser",
     "HerdingCoreset",
     "ImageCondenser",
     "KCenterCoreset",
@@ -42,6 +46,7 @@ __all__ = [
     "TMCondenser",
     "coresets",
     "dm",
+    "hcdc",
     "herding",
     "kcenter_greedy",
     "kip",
