@@ -82,11 +82,10 @@ CPU_OPTIONS: dict[str, dict] = {
     # steps (30) matched to 2 expert epochs from a start below epoch 8 (20), width 32 (128): ~2.2 s / iteration
     "tm": {"experts": 5, "expert_epochs": 10, "max_start_epoch": 8, "expert_epochs_to_match": 2, "syn_steps": 10,
            "iterations": 40, "width": 32},
-    # HCDC: S_train is exactly the DC proxy's (same options, same seed: shared cost in spirit, recomputed here);
-    # the calibration loop keeps HCDC's defaults (6 candidates x 40 steps, ~3-4 min); its network options
-    # (C, N, norm_groups) are filled from the protocol
-    "hcdc": {},
 }
+# HCDC: S_train is exactly the DC proxy's (same options, same seed: shared cost in spirit, recomputed here);
+# the calibration loop keeps HCDC's defaults (6 candidates x 40 steps, ~3-4 min); its network options
+# (C, N, norm_groups) are filled from the protocol
 CPU_OPTIONS["hcdc"] = {"train_options": dict(CPU_OPTIONS["dc"])}
 
 # Tiny everything: only checks that every stage runs.
