@@ -42,7 +42,8 @@ PAPER = {("cora", 0.25): 0.80, ("cora", 0.5): 0.85, ("cora", 1.0): 0.90,
 
 def cached_proxy(data, method: str, ratio: float, seed: int, options: dict):
     """Condense (or reuse a cached proxy of) ``data``; returns (proxy, condensation seconds)."""
-    key = hashlib.sha256(json.dumps([data.name, method, ratio, seed, options], sort_keys=True).encode()).hexdigest()[:12]
+    resolved = make_condenser(method, **options).options  # defaults included: a change of defaults is a new entry
+    key = hashlib.sha256(json.dumps([data.name, method, ratio, seed, resolved], sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / "proxies" / f"{data.name.lower()}-{method}-{ratio}-{seed}-{key}"
     if (path / "meta.json").exists():
         proxy = load_proxy(path)
