@@ -38,6 +38,8 @@ from hcdc.image.condensers.matching import default_loops
 from hcdc.image.condensers.nets import new_convnet
 from hcdc.models.convnet import ConvNet
 
+from image_toys import one_thread, toy_images  # noqa: F401  (one_thread: autouse fixture)
+
 TINY = {
     "random": {},
     "kcenter": {"epochs": 2, "width": 8, "depth": 2, "batch_size": 32},
@@ -46,29 +48,6 @@ TINY = {
     "dsa": {"iterations": 2, "outer_loop": 2, "inner_loop": 1, "batch_real": 16, "width": 8, "depth": 2},
     "dm": {"iterations": 2, "batch_real": 16, "width": 8, "depth": 2},
 }
-
-
-def toy_images(classes: int = 3, train: int = 30, val: int = 10, size: int = 8, seed: int = 0) -> ImageData:
-    """Colour blobs: each class a random mean colour plus pixel noise; ``train``/``val`` images per class."""
-    g = torch.Generator().manual_seed(seed)
-    colours = torch.rand(classes, 1, 1, 3, generator=g) * 200 + 20
-
-    def split(n):
-        y = torch.arange(classes).repeat_interleave(n)
-        x = (colours[y] + 30 * torch.randn(len(y), size, size, 3, generator=g)).clamp(0, 255).to(torch.uint8)
-        return x, y
-
-    (xt, yt), (xv, yv), (xs, ys) = split(train), split(val), split(2)
-    return ImageData("toy", tuple(f"c{i}" for i in range(classes)), xt, xv, xs, yt, yv, ys).validate()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation (and results stay bit-identical)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

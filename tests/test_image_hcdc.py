@@ -31,6 +31,8 @@ from hcdc.image.calibrate import (
 from hcdc.image.condensers import IMAGE_CONDENSERS, HCDCCondenser, make_image_condenser, val_per_class
 from hcdc.image.space import EXAMPLE, Architecture, NB201Network, load_architectures, sample_architectures
 
+from image_toys import one_thread, toy_images  # noqa: F401  (one_thread: autouse fixture)
+
 DC_TINY = {"iterations": 2, "outer_loop": 2, "inner_loop": 1, "batch_real": 16, "width": 8, "depth": 2}
 HCDC_TINY = {
     "train_options": DC_TINY,
@@ -45,28 +47,6 @@ HCDC_TINY = {
     "batch_real": 16,
     "batch_val": 16,
 }
-
-
-def toy_images(classes: int = 3, train: int = 30, val: int = 10, size: int = 8, seed: int = 0) -> ImageData:
-    """Colour blobs: each class a random mean colour plus pixel noise; ``train``/``val`` images per class."""
-    g = torch.Generator().manual_seed(seed)
-    colours = torch.rand(classes, 1, 1, 3, generator=g) * 200 + 20
-
-    def split(n):
-        y = torch.arange(classes).repeat_interleave(n)
-        x = (colours[y] + 30 * torch.randn(len(y), size, size, 3, generator=g)).clamp(0, 255).to(torch.uint8)
-        return x, y
-
-    (xt, yt), (xv, yv), (xs, ys) = split(train), split(val), split(2)
-    return ImageData("toy", tuple(f"c{i}" for i in range(classes)), xt, xv, xs, yt, yv, ys).validate()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,31 @@
+"""Tiny image datasets and fixtures shared by the image-track tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hcdc.data.image import ImageData
+
+
+def toy_images(classes: int = 3, train: int = 30, val: int = 10, size: int = 8, seed: int = 0) -> ImageData:
+    """Colour blobs: each class a random mean colour plus pixel noise; ``train``/``val`` images per class."""
+    g = torch.Generator().manual_seed(seed)
+    colours = torch.rand(classes, 1, 1, 3, generator=g) * 200 + 20
+
+    def split(n):
+        y = torch.arange(classes).repeat_interleave(n)
+        x = (colours[y] + 30 * torch.randn(len(y), size, size, 3, generator=g)).clamp(0, 255).to(torch.uint8)
+        return x, y
+
+    (xt, yt), (xv, yv), (xs, ys) = split(train), split(val), split(2)
+    return ImageData("toy", tuple(f"c{i}" for i in range(classes)), xt, xv, xs, yt, yv, ys).validate()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: a second thread only adds synchronisation (and results stay bit-identical)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
