@@ -29,31 +29,18 @@ from ..artifacts import FORMAT_VERSION, Proxy
 from ..data.graph import GraphData, row_normalize
 from ..errors import ConfigError, DataError
 from ..models.polyfilter import DenseOperator, EdgeListOperator, init_params, logits
+from ..registry import Registry, check_known_options
 from ..runinfo import package_versions
 
 # --------------------------------------------------------------------------- registry
 
-CONDENSERS: dict[str, type[GraphCondenser]] = {}
-
-
-def register_condenser(name: str) -> Callable[[type[GraphCondenser]], type[GraphCondenser]]:
-    """Class decorator registering a :class:`GraphCondenser` subclass under ``name``."""
-
-    def register(cls: type[GraphCondenser]) -> type[GraphCondenser]:
-        if name in CONDENSERS:
-            raise ValueError(f"graph condenser {name!r} is already registered")
-        cls.name = name
-        CONDENSERS[name] = cls
-        return cls
-
-    return register
+CONDENSERS = Registry("graph condenser")
+register_condenser = CONDENSERS.register
 
 
 def make_condenser(name: str, **options) -> GraphCondenser:
     """The registered condenser ``name`` built with ``options``; ConfigError for an unknown name."""
-    if name not in CONDENSERS:
-        raise ConfigError(f"unknown graph condenser {name!r}; known: {', '.join(sorted(CONDENSERS))}")
-    return CONDENSERS[name](**options)
+    return CONDENSERS.make(name, **options)
 
 
 class GraphCondenser:
@@ -66,10 +53,7 @@ class GraphCondenser:
     defaults: dict = {}
 
     def __init__(self, **options):
-        unknown = sorted(set(options) - set(self.defaults))
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(f"unknown option(s) {unknown} for graph condenser {self.name!r} (known: {known})")
+        check_known_options("graph condenser", self.name, options, self.defaults)
         self.options = {**self.defaults, **options}
 
     def condense(self, data: GraphData, ratio: float, seed: int, progress: bool = False) -> Proxy:

@@ -175,11 +175,11 @@ class Hypergradient:
     info: SolveInfo
 
 
-class ImplicitHypergradient:
-    """IFT hypergradients for one inner problem at a fixed (θ, λ), reusable across outer losses.
+class InnerPoint:
+    """The training problem linearised at a fixed (θ, λ): its Hessian operator ``op`` and an inverse-Hessian ``solver``.
 
-    Build it once per (θ, λ) and call :meth:`__call__` for each validation loss: the Hessian's
-    linearisation is shared, which is what learning a synthetic validation set needs.
+    ``train_loss(params, hparams[, batch])`` with optional mini-``batches``; ``damping`` adds δI
+    to the Hessian; ``solver`` is a registered name (with ``solver_options``) or an instance.
     """
 
     def __init__(
@@ -195,6 +195,15 @@ class ImplicitHypergradient:
     ):
         self.solver = make_solver(solver, **solver_options)
         self.op = TrainHessian(train_loss, params, hparams, batches=batches, damping=damping)
+        self.params, self.hparams = self.op.params, self.op.hparams
+
+
+class ImplicitHypergradient(InnerPoint):
+    """IFT hypergradients for one inner problem at a fixed (θ, λ), reusable across outer losses.
+
+    Build it once per (θ, λ) and call :meth:`__call__` for each validation loss: the Hessian's
+    linearisation is shared, which is what learning a synthetic validation set needs.
+    """
 
     def __call__(self, val_loss: ValLoss, *, create_graph: bool = False, residual: bool = True) -> Hypergradient:
         params, hparams = self.op.params, self.op.hparams
@@ -208,7 +217,7 @@ class ImplicitHypergradient:
         return Hypergradient(grad=total, direct=direct, implicit=implicit, info=info)
 
 
-class BestResponse:
+class BestResponse(InnerPoint):
     """The linearised best response dθ*/dλ = −H⁻¹ ∂²L_train/∂θ∂λ at a fixed (θ, λ).
 
     The IFT's implicit term written the other way round (as in Lorraine et al., AISTATS 2020,
@@ -220,21 +229,11 @@ class BestResponse:
     :class:`ImplicitHypergradient` exactly.
     """
 
-    def __init__(
-        self,
-        train_loss: TrainLoss,
-        params: dict[str, Tensor],
-        hparams: Tree,
-        solver: str | InverseHessianSolver = "neumann",
-        *,
-        batches: Sequence[Any] | Iterable[Any] | None = None,
-        damping: float = 0.0,
-        **solver_options: Any,
-    ):
+    def __init__(self, *args: Any, **kwargs: Any):
+        """The arguments of :class:`InnerPoint`; solves for the m columns of the Jacobian."""
         start = time.perf_counter()
-        solver_ = make_solver(solver, **solver_options)
-        op = TrainHessian(train_loss, params, hparams, batches=batches, damping=damping)
-        self.params, self.hparams = op.params, op.hparams
+        super().__init__(*args, **kwargs)
+        op, solver_ = self.op, self.solver
         # columns of (∂²L/∂λ∂θ)ᵀ: the transpose of the linear map u ↦ (∂²L/∂λ∂θ) u
         _, mixed_t = vjp(lambda u: flatten(op.mixed(unflatten(u, self.params))), torch.zeros_like(flatten(self.params)))
         eye = torch.eye(flatten(self.hparams).numel(), dtype=flatten(self.hparams).dtype)

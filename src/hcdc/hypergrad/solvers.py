@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..registry import Registry
 
 
 class HessianOperator(Protocol):
@@ -66,27 +67,15 @@ class InverseHessianSolver:
         return {"solver": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
 
 
-SOLVERS: dict[str, type[InverseHessianSolver]] = {}
-
-
-def register_solver(name: str) -> Callable[[type[InverseHessianSolver]], type[InverseHessianSolver]]:
-    """Class decorator adding a solver to :data:`SOLVERS` under ``name``."""
-
-    def wrap(cls: type[InverseHessianSolver]) -> type[InverseHessianSolver]:
-        cls.name = name
-        SOLVERS[name] = cls
-        return cls
-
-    return wrap
+SOLVERS = Registry("inverse-Hessian solver")
+register_solver = SOLVERS.register
 
 
 def make_solver(spec: str | InverseHessianSolver, **kwargs) -> InverseHessianSolver:
     """A solver instance from a registered name and keyword options, or an instance as is."""
     if isinstance(spec, InverseHessianSolver):
         return spec
-    if spec not in SOLVERS:
-        raise ConfigError(f"unknown inverse-Hessian solver '{spec}'; choose from {sorted(SOLVERS)}")
-    return SOLVERS[spec](**kwargs)
+    return SOLVERS.make(spec, **kwargs)
 
 
 @register_solver("neumann")

@@ -16,7 +16,6 @@ seed gets the same validation images.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -27,6 +26,7 @@ from torch import Tensor
 from ...artifacts import FORMAT_VERSION, Proxy
 from ...data.image import ImageData
 from ...errors import ConfigError, DataError
+from ...registry import Registry, check_known_options
 from ...runinfo import package_versions
 
 
@@ -42,30 +42,15 @@ class Synthesis:
     meta: dict = field(default_factory=dict)
 
 
-IMAGE_CONDENSERS: dict[str, type[ImageCondenser]] = {}
+IMAGE_CONDENSERS = Registry("image condenser")
+register_image_condenser = IMAGE_CONDENSERS.register
 
 SYNTHESIS_STREAM, VALIDATION_STREAM = 0, 1
 
 
-def register_image_condenser(name: str) -> Callable[[type[ImageCondenser]], type[ImageCondenser]]:
-    """Class decorator registering an :class:`ImageCondenser` subclass under ``name``."""
-
-    def register(cls: type[ImageCondenser]) -> type[ImageCondenser]:
-        if name in IMAGE_CONDENSERS:
-            raise ValueError(f"image condenser {name!r} is already registered")
-        cls.name = name
-        IMAGE_CONDENSERS[name] = cls
-        return cls
-
-    return register
-
-
 def make_image_condenser(name: str, **options) -> ImageCondenser:
     """The registered image condenser ``name`` built with ``options``; ConfigError for an unknown name or option."""
-    if name not in IMAGE_CONDENSERS:
-        known = ", ".join(sorted(IMAGE_CONDENSERS))
-        raise ConfigError(f"unknown image condenser {name!r}; known: {known}")
-    return IMAGE_CONDENSERS[name](**options)
+    return IMAGE_CONDENSERS.make(name, **options)
 
 
 def seeded_generator(seed: int, stream: int) -> torch.Generator:
@@ -156,10 +141,7 @@ class ImageCondenser:
     minimum: ClassVar[dict[str, int]] = {}
 
     def __init__(self, **options):
-        unknown = sorted(set(options) - set(self.defaults))
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(f"unknown option(s) {unknown} for image condenser {self.name!r} (known: {known})")
+        check_known_options("image condenser", self.name, options, self.defaults)
         self.options = {
             key: _check_option(self.name, key, options.get(key, default), default, self.choices.get(key), self.minimum.get(key, 1))
             for key, default in self.defaults.items()
