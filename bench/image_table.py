@@ -216,6 +216,18 @@ COLUMNS = [("method", "method", ""), ("ipc", "ipc", ""), ("train_images", "train
            ("condense_seconds", "condense s", ".0f"), ("eval_seconds", "eval s", ".0f")]
 
 
+def compute_seconds(result: dict) -> float:
+    """Everything the table costs from scratch, resumptions notwithstanding: ground-truth training plus,
+    for every method and condensation seed, condensing one proxy and evaluating it."""
+    seeds = len(result["condense_seeds"])
+    return result["ground_truth_compute_seconds"] + sum(
+        seeds * (row["condense_seconds"] + row["eval_seconds"]) for row in result["rows"])
+
+
+def _method_order(row: dict) -> int:
+    return DEFAULT_METHODS.index(row["method"]) if row["method"] in DEFAULT_METHODS else len(DEFAULT_METHODS)
+
+
 def to_markdown(result: dict) -> str:
     p = result["protocol"]
     res = f"{p['resolution']}×{p['resolution']}" if p["resolution"] else "native resolution"
@@ -233,9 +245,11 @@ def to_markdown(result: dict) -> str:
         f"{len(p['seeds'])} seed(s), proxies {p['proxy_epochs'] or p['epochs']} epochs × "
         f"{len(p['proxy_seeds'] or p['seeds'])} seed(s); ipc {result['ipc']}; condensation seeds {result['condense_seeds']}.  ",
         f"Ground truth: {result['ground_truth_compute_seconds']:.0f} s of training (this run: "
-        f"{result['ground_truth_seconds']:.0f} s); oracle Perf {result['oracle_perf']:.1%}; total wall time "
-        f"{result['total_seconds']:.0f} s{'' if result['complete'] else ' (incomplete)'}.", "",
-        markdown_table(result["rows"], COLUMNS), "",
+        f"{result['ground_truth_seconds']:.0f} s); oracle Perf {result['oracle_perf']:.1%}; total compute "
+        f"{compute_seconds(result):.0f} s = {compute_seconds(result) / 3600:.2f} h (ground truth + every proxy's "
+        f"condensation and evaluation; this invocation's wall time {result['total_seconds']:.0f} s)"
+        f"{'' if result['complete'] else ' (incomplete)'}.", "",
+        markdown_table(sorted(result["rows"], key=_method_order), COLUMNS), "",
         "Spearman/Kendall: proxy score (validation accuracy on the proxy's validation part, loss as tie-breaker) vs "
         "true validation accuracy, mean ± std over condensation seeds; ρ (loss): the proxy's validation loss alone; "
         "Perf: true test accuracy of the proxy's pick; oracle Perf: that of the architecture with the best true "
@@ -249,6 +263,17 @@ def to_markdown(result: dict) -> str:
 def write(result: dict, out_dir: Path, name: str) -> None:
     atomic_write_json(out_dir / f"{name}.json", result)
     atomic_write_bytes(out_dir / f"{name}.md", to_markdown(result).encode())
+
+
+def render(out_dir: Path, name: str) -> dict:
+    """Rewrite ``out_dir/name.md`` from ``name.json``; ConfigError when there is no such results file."""
+    path = out_dir / f"{name}.json"
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read results file {path}: {exc}") from None
+    atomic_write_bytes(out_dir / f"{name}.md", to_markdown(result).encode())
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--options", nargs="+", default=[], metavar="METHOD=JSON", help="condenser option overrides")
     parser.add_argument("--name", default=None, help="results name (default: image_table_<protocol>[_<dataset>])")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--render", metavar="NAME", default=None,
+                        help="only rewrite <out-dir>/NAME.md from NAME.json (after a change to the table's layout)")
     return parser
 
 
@@ -305,6 +332,8 @@ def resolve(args: argparse.Namespace) -> dict:
 def main(argv=None) -> dict:
     start = time.perf_counter()
     args = build_parser().parse_args(argv)
+    if args.render:
+        return render(args.out_dir, args.render)
     command = "python bench/image_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     run = resolve(args)
     protocol: ImageProtocol = run["protocol"]

@@ -242,6 +242,14 @@ def test_bench_runs_on_a_cifar100_stand_in(tmp_path):
     again = bench.main(["--smoke", "--dataset", "cifar100", "--data-root", str(tmp_path / "data"), "--methods", "random",
                         "--archs", "2", "--out-dir", str(tmp_path / "out")])
     assert again["rows"][0]["per_seed"][0]["cached_proxy"] and again["rows"][0]["scores"] == row["scores"]
+    # --render rebuilds the markdown from the JSON alone; total compute adds ground truth and every proxy's cost
+    md = tmp_path / "out" / "image_table_smoke_cifar100.md"
+    md.unlink()
+    bench.main(["--render", "image_table_smoke_cifar100", "--out-dir", str(tmp_path / "out")])
+    expected = saved["ground_truth_compute_seconds"] + len(saved["condense_seeds"]) * (row["condense_seconds"] + row["eval_seconds"])
+    assert f"total compute {expected:.0f} s" in md.read_text()
+    with pytest.raises(ConfigError, match="cannot read results file"):
+        bench.main(["--render", "nope", "--out-dir", str(tmp_path / "out")])
 
 
 # --- bench option resolution ----------------------------------------------------------------------------
