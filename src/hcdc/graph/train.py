@@ -80,16 +80,22 @@ class NodeGraph:
         n = data.num_nodes
         src, dst, w = gcn_norm_weights(data.edge_index, n)
         a_hat = SparseMatrix(torch.sparse_coo_tensor(torch.stack([dst, src]), w, (n, n)))
-        x = row_normalize(data.x)
-        if float((x != 0).float().mean()) < 0.1:
-            x = SparseMatrix(x)
-        return cls(x, a_hat, data.y, data.train_mask, data.val_mask, data.test_mask, data.num_classes)
+        return cls(_features(row_normalize(data.x)), a_hat, data.y, data.train_mask, data.val_mask, data.test_mask,
+                   data.num_classes)
 
     @classmethod
     def from_dense(cls, x: Tensor, adj: Tensor, y: Tensor, train_mask: Tensor, val_mask: Tensor, num_classes: int) -> "NodeGraph":
         """A small (synthetic) graph given by dense features and a dense weighted adjacency."""
         op = DenseOperator.from_adjacency(adj)
-        return cls(x, op, y, train_mask, val_mask, None, num_classes)
+        return cls(_features(x), op, y, train_mask, val_mask, None, num_classes)
+
+
+def _features(x: Tensor) -> Tensor | SparseMatrix:
+    """``x`` as a sparse CSR matrix when under 10% of it is non-zero (real bag-of-words rows) and
+    nothing differentiates through it; otherwise as is."""
+    if not x.requires_grad and float((x != 0).float().mean()) < 0.1:
+        return SparseMatrix(x)
+    return x
 
 
 @dataclass
