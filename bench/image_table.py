@@ -43,8 +43,8 @@ from hcdc.errors import ConfigError, HCDCError
 from hcdc.graph.report import markdown_table
 from hcdc.image.condensers import IMAGE_CONDENSERS, make_image_condenser
 from hcdc.image.protocol import (PROTOCOLS, ImageProtocol, data_fingerprint, default_device, evaluate_image_proxy,
-                                 image_ground_truth, prepare_data)
-from hcdc.io import atomic_write_bytes, atomic_write_json
+                                 ground_truth_path, image_ground_truth, prepare_data)
+from hcdc.io import atomic_write_bytes, atomic_write_json, merge_json_entries, read_json_entries
 from hcdc.paths import cache_dir
 from hcdc.runinfo import machine_info, package_versions
 
@@ -137,6 +137,33 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 
 def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def committed_truth_path(out_dir: Path, name: str) -> Path:
+    """Where the run ``name`` keeps a copy of its ground truth beside its results: ``<name>_groundtruth.json``."""
+    return out_dir / f"{name}_groundtruth.json"
+
+
+def seed_truth_cache(committed: Path, cache: Path) -> int:
+    """Merge the committed ground truth into the cache when it was made from the same data and protocol
+    (same cache file name: dataset, data fingerprint, protocol key, precision); returns the entries added."""
+    try:
+        saved = json.loads(committed.read_text())
+    except (OSError, json.JSONDecodeError):
+        return 0
+    if saved.get("cache_file") != cache.name:
+        return 0
+    fresh = {k: v for k, v in saved["archs"].items() if k not in read_json_entries(cache, "archs")}
+    if fresh:
+        header = {k: v for k, v in saved.items() if k not in ("archs", "cache_file", "command")}
+        merge_json_entries(cache, "archs", fresh, header)
+    return len(fresh)
+
+
+def save_committed_truth(committed: Path, cache: Path, command: str) -> None:
+    """Copy the cache file (the ground truth of this run's architectures and more) beside the results, with the command."""
+    saved = json.loads(cache.read_text())
+    atomic_write_json(committed, {**saved, "cache_file": cache.name, "command": command})
 
 
 def cached_proxy(view, fingerprint: str, method: str, ipc: int, seed: int, options: dict):
@@ -342,7 +369,11 @@ def main(argv=None) -> dict:
     view = prepare_data(data, protocol)
     fingerprint = data_fingerprint(view)
     archs = protocol.architectures()
+    cache_file, committed = ground_truth_path(view, protocol, device=device), committed_truth_path(args.out_dir, run["name"])
+    seeded = seed_truth_cache(committed, cache_file)
     truth = image_ground_truth(view, archs, protocol, device=device)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    save_committed_truth(committed, cache_file, command)
     result = {
         "dataset": data.name, "protocol_name": run["protocol_name"], "protocol": protocol.as_dict(),
         "ipc": protocol.ipc, "condense_seeds": run["seeds"], "methods": run["methods"], "options": run["options"],
@@ -351,11 +382,11 @@ def main(argv=None) -> dict:
         "true_val_loss": truth.val_loss.tolist(), "true_test_acc": truth.test_acc.tolist(),
         "oracle_perf": float(truth.test_acc[int(truth.val_acc.argmax())]),
         "ground_truth_seconds": truth.seconds, "ground_truth_compute_seconds": truth.compute_seconds,
-        "ground_truth_cache": truth.cache_file, "rows": [], "machine": machine_info(), "versions": package_versions(),
+        "ground_truth_cache": truth.cache_file, "ground_truth_committed": committed.name,
+        "ground_truth_from_committed": seeded, "rows": [], "machine": machine_info(), "versions": package_versions(),
         "torch_threads": torch.get_num_threads(), "command": command, "complete": False,
         "total_seconds": time.perf_counter() - start,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     write(result, args.out_dir, run["name"])
     print(f"ground truth: {len(archs)} architectures, {truth.computed} trained now ({truth.seconds:.0f} s); "
           f"true val acc {truth.val_acc.min():.3f}..{truth.val_acc.max():.3f}", file=sys.stderr, flush=True)

@@ -238,10 +238,15 @@ def test_bench_runs_on_a_cifar100_stand_in(tmp_path):
     assert "Spearman" in (tmp_path / "out" / "image_table_smoke_cifar100.md").read_text()
     assert cli_main(["plot", "ranking", str(tmp_path / "out" / "image_table_smoke_cifar100.json"),
                      "--out", str(tmp_path / "fig.png")]) == 0
+    # the ground truth is kept beside the results with its command; with the cache gone, it is restored from there
+    committed = json.loads((tmp_path / "out" / "image_table_smoke_cifar100_groundtruth.json").read_text())
+    assert committed["command"].startswith("python bench/image_table.py") and len(committed["archs"]) == 2
+    Path(result["ground_truth_cache"]).unlink()
     # a second run resumes from the caches: nothing is trained again
     again = bench.main(["--smoke", "--dataset", "cifar100", "--data-root", str(tmp_path / "data"), "--methods", "random",
                         "--archs", "2", "--out-dir", str(tmp_path / "out")])
     assert again["rows"][0]["per_seed"][0]["cached_proxy"] and again["rows"][0]["scores"] == row["scores"]
+    assert again["ground_truth_from_committed"] == 2 and again["true_val_acc"] == saved["true_val_acc"]
     # --render rebuilds the markdown from the JSON alone; total compute adds ground truth and every proxy's cost
     md = tmp_path / "out" / "image_table_smoke_cifar100.md"
     md.unlink()
