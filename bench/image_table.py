@@ -42,9 +42,23 @@ from hcdc.data import get_spec, load_dataset
 from hcdc.errors import ConfigError, HCDCError
 from hcdc.graph.report import markdown_table
 from hcdc.image.condensers import IMAGE_CONDENSERS, make_image_condenser
-from hcdc.image.protocol import (PROTOCOLS, ImageProtocol, data_fingerprint, default_device, evaluate_image_proxy,
-                                 ground_truth_path, image_ground_truth, prepare_data)
-from hcdc.io import atomic_write_bytes, atomic_write_json, merge_json_entries, read_json_entries
+from hcdc.image.protocol import (
+    PROTOCOLS,
+    ImageProtocol,
+    data_fingerprint,
+    default_device,
+    evaluate_image_proxy,
+    ground_truth_path,
+    image_ground_truth,
+    prepare_data,
+)
+from hcdc.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    merge_json_entries,
+    read_json_entries,
+)
+from hcdc.metrics import seed_agreement
 from hcdc.paths import cache_dir
 from hcdc.runinfo import machine_info, package_versions
 
@@ -275,7 +289,11 @@ def to_markdown(result: dict) -> str:
         f"{result['ground_truth_seconds']:.0f} s); oracle Perf {result['oracle_perf']:.1%}; total compute "
         f"{compute_seconds(result):.0f} s = {compute_seconds(result) / 3600:.2f} h (ground truth + every proxy's "
         f"condensation and evaluation; this invocation's wall time {result['total_seconds']:.0f} s)"
-        f"{'' if result['complete'] else ' (incomplete)'}.", "",
+        f"{'' if result['complete'] else ' (incomplete)'}.  ",
+        (f"Ground truth's own reproducibility: Spearman between two training seeds {result['ground_truth_seed_spearman']:.2f}, "
+         f"reliability of the seed mean {result['ground_truth_reliability']:.2f}, so no proxy can reach a Spearman much "
+         f"above {max(result['ground_truth_reliability'], 0) ** 0.5:.2f}."
+         if result.get("ground_truth_seed_spearman") is not None else ""), "",
         markdown_table(sorted(result["rows"], key=_method_order), COLUMNS), "",
         "Spearman/Kendall: proxy score (validation accuracy on the proxy's validation part, loss as tie-breaker) vs "
         "true validation accuracy, mean ± std over condensation seeds; ρ (loss): the proxy's validation loss alone; "
@@ -374,6 +392,9 @@ def main(argv=None) -> dict:
     truth = image_ground_truth(view, archs, protocol, device=device)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     save_committed_truth(committed, cache_file, command)
+    seeds = [str(seed) for seed in protocol.seeds]
+    agreement = (seed_agreement([[entry[seed]["val_acc"] for entry in truth.per_seed] for seed in seeds])
+                 if len(seeds) > 1 and len(archs) > 1 else (None, None))
     result = {
         "dataset": data.name, "protocol_name": run["protocol_name"], "protocol": protocol.as_dict(),
         "ipc": protocol.ipc, "condense_seeds": run["seeds"], "methods": run["methods"], "options": run["options"],
@@ -382,6 +403,7 @@ def main(argv=None) -> dict:
         "true_val_loss": truth.val_loss.tolist(), "true_test_acc": truth.test_acc.tolist(),
         "oracle_perf": float(truth.test_acc[int(truth.val_acc.argmax())]),
         "ground_truth_seconds": truth.seconds, "ground_truth_compute_seconds": truth.compute_seconds,
+        "ground_truth_seed_spearman": agreement[0], "ground_truth_reliability": agreement[1],
         "ground_truth_cache": truth.cache_file, "ground_truth_committed": committed.name,
         "ground_truth_from_committed": seeded, "rows": [], "machine": machine_info(), "versions": package_versions(),
         "torch_threads": torch.get_num_threads(), "command": command, "complete": False,

@@ -247,6 +247,7 @@ def test_bench_runs_on_a_cifar100_stand_in(tmp_path):
                         "--archs", "2", "--out-dir", str(tmp_path / "out")])
     assert again["rows"][0]["per_seed"][0]["cached_proxy"] and again["rows"][0]["scores"] == row["scores"]
     assert again["ground_truth_from_committed"] == 2 and again["true_val_acc"] == saved["true_val_acc"]
+    assert again["ground_truth_seed_spearman"] is None  # the smoke protocol trains one ground-truth seed
     # --render rebuilds the markdown from the JSON alone; total compute adds ground truth and every proxy's cost
     md = tmp_path / "out" / "image_table_smoke_cifar100.md"
     md.unlink()

@@ -95,6 +95,17 @@ def test_report_with_true_loss():
     assert report["spearman"] == pytest.approx(0.5)
 
 
+def test_seed_agreement():
+    same = [[1, 2, 3, 4], [10, 20, 30, 40]]
+    assert metrics.seed_agreement(same) == (1.0, 1.0)
+    r, rel = metrics.seed_agreement([[1, 2, 3, 4], [1, 2, 4, 3], [2, 1, 3, 4]])
+    pairs = [0.8, 0.8, 0.6]  # (12 swapped 34), (12 swapped), (both swapped)
+    assert r == pytest.approx(sum(pairs) / 3) and rel == pytest.approx(3 * r / (1 + 2 * r))
+    assert metrics.seed_agreement([[1, 2, 3], [3, 2, 1]]) == (-1.0, 0.0)
+    with pytest.raises(ConfigError, match="seeds >= 2"):
+        metrics.seed_agreement([[1, 2, 3]])
+
+
 def test_mean_std():
     assert metrics.mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
     assert metrics.mean_std([4.0]) == (4.0, 0.0)

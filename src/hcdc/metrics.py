@@ -107,6 +107,22 @@ def regret(proxy: ArrayLike, true: ArrayLike, higher_is_better: bool = True) -> 
     return float(t.max() - t[int(np.argmax(p))])
 
 
+def seed_agreement(per_seed: ArrayLike) -> tuple[float, float]:
+    """How reproducible a ground-truth ranking is: ``(r, reliability)`` for scores ``per_seed`` [seeds, configs].
+
+    ``r`` is the mean Spearman correlation between the rankings of two training seeds; ``reliability``
+    the Spearman–Brown prediction for the ranking by the mean over all S seeds, ``S·r / (1 + (S−1)·r)``.
+    A proxy ranking can correlate with the ground truth by about ``sqrt(reliability)`` at most (when
+    it is itself noise-free), so this is the ceiling to read the table's ρ against.
+    """
+    scores = np.asarray(per_seed, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[0] < 2 or scores.shape[1] < 2:
+        raise ConfigError(f"seed agreement needs scores of shape [seeds >= 2, configs >= 2], got {scores.shape}")
+    pairs = [spearman(scores[i], scores[j]) for i in range(len(scores)) for j in range(i + 1, len(scores))]
+    r, s = float(np.mean(pairs)), len(scores)
+    return r, (s * r / (1 + (s - 1) * r) if 1 + (s - 1) * r > 0 else 0.0)
+
+
 def mean_std(values: ArrayLike) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1) of ``values``; the std of a single value is 0.0."""
     v = _vector("values", values, 1)
