@@ -61,6 +61,30 @@ def test_ground_truth_is_cached_and_merged(tmp_path):
     assert again.computed == 0 and torch.equal(again.test_acc, second.test_acc)
 
 
+def test_ground_truth_keeps_finished_chunks_when_interrupted(tmp_path, monkeypatch):
+    from hcdc.graph import groundtruth
+
+    data = _sbm()
+    protocol = TrainProtocol(epochs=10, seeds=(0,), hidden=8)
+    lam = FilterSpace().sample(5, seed=0)
+    whole = ground_truth(data, lam, protocol, cache=tmp_path / "whole", progress=False)
+    monkeypatch.setattr(groundtruth, "CHUNK", 2)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return score_configs(*args, **kwargs)
+
+    monkeypatch.setattr(groundtruth, "score_configs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ground_truth(data, lam, protocol, cache=tmp_path / "chunked", progress=False)
+    resumed = ground_truth(data, lam, protocol, cache=tmp_path / "chunked", progress=False)
+    assert resumed.computed == 3  # the first chunk of 2 survived the interruption
+    assert torch.equal(resumed.val_acc, whole.val_acc)  # chunking does not change the scores
+
+
 def test_known_order_gcn_beats_negated_filter_on_homophilous_graph():
     """On an assortative SBM, smoothing (λ = Â) must beat anti-smoothing (λ = −Â) in validation accuracy."""
     data = _sbm(n_per_class=40)
