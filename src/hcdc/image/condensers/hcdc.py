@@ -31,6 +31,7 @@ import torch
 from ...artifacts import Proxy
 from ...data.image import ImageData
 from ...errors import ConfigError
+from ...registry import check_known_options
 from ..augment import parse_strategy
 from ..calibrate import CalibrationConfig, RealData, calibrate_validation, sample_candidates
 from ..space import Architecture, NB201Network, load_architectures
@@ -94,10 +95,7 @@ class HCDCCondenser(ImageCondenser):
                                          "val_steps": 0, "power_iterations": 1}
 
     def __init__(self, **options):
-        known = {**self.defaults, **self.structured_defaults}
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown} for image condenser {self.name!r} (known: {', '.join(sorted(known))})")
+        check_known_options("image condenser", self.name, options, {**self.defaults, **self.structured_defaults})
         structured = {k: options.pop(k, d) for k, d in self.structured_defaults.items()}
         super().__init__(**options)
         self.options.update(self._check_structured(structured))
