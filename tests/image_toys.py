@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from hcdc.data.image import ImageData
@@ -21,11 +20,3 @@ def toy_images(classes: int = 3, train: int = 30, val: int = 10, size: int = 8, 
     (xt, yt), (xv, yv), (xs, ys) = split(train), split(val), split(2)
     return ImageData("toy", tuple(f"c{i}" for i in range(classes)), xt, xv, xs, yt, yv, ys).validate()
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation (and results stay bit-identical)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

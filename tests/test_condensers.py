@@ -27,6 +27,8 @@ from hcdc.graph.condensers import (
 )
 from hcdc.models.polyfilter import DenseOperator, EdgeListOperator, init_params, logits
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DATA = Path(os.environ.get("HCDC_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 # A GCond run small enough for tests (seconds on 2 cores).
@@ -52,14 +54,6 @@ def sbm_graph(n: int = 240, classes: int = 3, features: int = 40, seed: int = 0,
     test = ~(train | val) & (torch.arange(n) >= 40 * classes)
     return GraphData("sbm", x, edge_index, y, train, val, test, classes).validate()
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are tiny: a second thread only adds synchronisation (costly on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

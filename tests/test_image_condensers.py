@@ -38,7 +38,9 @@ from hcdc.image.condensers.matching import default_loops
 from hcdc.image.condensers.nets import new_convnet
 from hcdc.models.convnet import ConvNet
 
-from image_toys import one_thread, toy_images  # noqa: F401  (one_thread: autouse fixture)
+from image_toys import toy_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {
     "random": {},

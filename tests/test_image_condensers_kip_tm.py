@@ -44,7 +44,9 @@ from hcdc.image.condensers.tm import (
 )
 from hcdc.models.convnet import ConvNet
 
-from image_toys import one_thread, toy_images  # noqa: F401  (one_thread: autouse fixture)
+from image_toys import toy_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 KIP_TINY = {"iterations": 3, "batch_target": 16, "width": 8, "depth": 2}
 TM_TINY = {

@@ -31,7 +31,9 @@ from hcdc.image.calibrate import (
 from hcdc.image.condensers import IMAGE_CONDENSERS, HCDCCondenser, make_image_condenser, val_per_class
 from hcdc.image.space import EXAMPLE, Architecture, NB201Network, load_architectures, sample_architectures
 
-from image_toys import one_thread, toy_images  # noqa: F401  (one_thread: autouse fixture)
+from image_toys import toy_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DC_TINY = {"iterations": 2, "outer_loop": 2, "inner_loop": 1, "batch_real": 16, "width": 8, "depth": 2}
 HCDC_TINY = {
