@@ -23,6 +23,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -102,8 +103,8 @@ def run_cell(data, lam, lam_ho, gt, gt_ho, protocol, proxy_protocol, method, rat
     }
 
 
-def ablation(data, lam, gt, protocol, ratio, seed) -> list[dict]:
-    rows = []
+def ablation(data, lam, gt, protocol, ratio, seed) -> Iterator[dict]:
+    """The HCDC ablation's rows, one variant at a time (Neumann terms, trajectories, S_train's condenser)."""
     variants = [("neumann_terms", j, {"neumann_terms": j}) for j in (0, 1, 5, 20)]
     variants += [("candidates", p, {"candidates": p}) for p in (2, 8)]
     variants += [("train_method", m, {"train_method": m}) for m in ("gcond", "random", "gcond-x")]
@@ -113,10 +114,9 @@ def ablation(data, lam, gt, protocol, ratio, seed) -> list[dict]:
         opts = {} if all(defaults[k] == v for k, v in opts.items()) else opts
         proxy, seconds = cached_proxy(data, "hcdc", ratio, seed, opts)
         ev = evaluate_proxy(proxy, data, lam, protocol, gt)
-        rows.append({"dataset": data.name.lower(), "r": ratio, "ablation": what, "value": value,
-                     "spearman": ev.report["spearman"], "kendall": ev.report["kendall"], "condense_seconds": seconds})
         print(f"ablation {what}={value}: rho={ev.report['spearman']:.3f} ({seconds:.0f}s)", file=sys.stderr, flush=True)
-    return rows
+        yield {"dataset": data.name.lower(), "r": ratio, "ablation": what, "value": value,
+               "spearman": ev.report["spearman"], "kendall": ev.report["kendall"], "condense_seconds": seconds}
 
 
 def to_markdown(result: dict) -> str:
@@ -204,7 +204,9 @@ def main(argv=None) -> dict:
                       f"held-out {row['heldout_spearman_mean']:.3f} perf={row['perf_mean']:.3f} "
                       f"hpo={row['perf_hpo_mean']:.3f}", file=sys.stderr, flush=True)
         if args.ablation and name == args.datasets[0]:
-            result["ablation"] = ablation(data, lam, gt, proxy_protocol, 0.5, args.condense_seeds[0])
+            for row in ablation(data, lam, gt, proxy_protocol, 0.5, args.condense_seeds[0]):
+                result["ablation"].append(row)
+                write(result, args.name)
     result["complete"] = True
     write(result, args.name)
     print(to_markdown(result))
