@@ -37,6 +37,7 @@ from hcdc.paths import cache_dir
 from hcdc.runinfo import machine_info, package_versions
 
 RESULTS = Path(__file__).parent / "results"
+DATASETS, RATIOS, METHODS = ["cora", "citeseer"], [0.25, 0.5, 1.0], ["random", "gcond-x", "gcond", "hcdc"]
 PAPER = {("cora", 0.25): 0.80, ("cora", 0.5): 0.85, ("cora", 1.0): 0.90,
          ("citeseer", 0.25): 0.79, ("citeseer", 0.5): 0.83, ("citeseer", 1.0): 0.89}
 
@@ -139,6 +140,11 @@ def to_markdown(result: dict) -> str:
              "configurations; whole-graph Perf: the same for the pick of the true validation accuracy; Perf (HPO): "
              "true test accuracy of the filter found by hypergradient HPO (Lorraine et al.) on the proxy, from 4 starts; "
              "whole-graph Perf (HPO): the same search on the whole graph."]
+    if result.get("parts"):
+        parts += ["", "Made by these runs (each row's timings are from its own run; the commands give the threads):", ""]
+        parts += [f"- `{name}`: `{command}`" for name, command in result["parts"].items()]
+    if result.get("missing_cells"):
+        parts += ["", "Not run yet: " + ", ".join(f"{d} r={r} {m}" for d, r, m in result["missing_cells"]) + "."]
     if result.get("ablation"):
         parts += ["", "## Ablation (HCDC)", "", markdown_table(result["ablation"], [
             ("dataset", "dataset", ""), ("r", "r", ""), ("ablation", "ablation", ""), ("value", "value", ""),
@@ -155,9 +161,17 @@ def write(result: dict, name: str) -> None:
 def combine(names: list[str], name: str, command: str) -> dict:
     """Merge the tables of separate runs (e.g. one process per dataset) into one."""
     parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in names]
-    result = {**parts[0], "rows": [r for p in parts for r in p["rows"]],
-              "ablation": [r for p in parts for r in p["ablation"]],
-              "ground_truth_seconds": {k: v for p in parts for k, v in p["ground_truth_seconds"].items()},
+    rows = sorted((r for p in parts for r in p["rows"]), key=lambda r: (
+        DATASETS.index(r["dataset"]) if r["dataset"] in DATASETS else len(DATASETS), r["r"],
+        METHODS.index(r["method"]) if r["method"] in METHODS else len(METHODS)))
+    present = {(r["dataset"], r["r"], r["method"]) for r in rows}
+    truth_seconds: dict[str, float] = {}
+    for p in parts:  # a part that found the ground truth cached reports ~0 s: keep the run that computed it
+        for k, v in p["ground_truth_seconds"].items():
+            truth_seconds[k] = max(v, truth_seconds.get(k, 0.0))
+    result = {**parts[0], "rows": rows, "ablation": [r for p in parts for r in p["ablation"]],
+              "ground_truth_seconds": truth_seconds,
+              "missing_cells": [[d, r, m] for d in DATASETS for r in RATIOS for m in METHODS if (d, r, m) not in present],
               "complete": all(p.get("complete", False) for p in parts), "parts": {n: p["command"] for n, p in zip(names, parts)},
               "command": command}
     write(result, name)
@@ -166,9 +180,9 @@ def combine(names: list[str], name: str, command: str) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
-    parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5, 1.0])
-    parser.add_argument("--methods", nargs="+", default=["random", "gcond-x", "gcond", "hcdc"])
+    parser.add_argument("--datasets", nargs="+", default=DATASETS)
+    parser.add_argument("--ratios", nargs="+", type=float, default=RATIOS)
+    parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--condense-seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--configs", type=int, default=80)
     parser.add_argument("--config-seed", type=int, default=0)
