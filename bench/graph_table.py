@@ -141,8 +141,9 @@ def to_markdown(result: dict) -> str:
              "true test accuracy of the filter found by hypergradient HPO (Lorraine et al.) on the proxy, from 4 starts; "
              "whole-graph Perf (HPO): the same search on the whole graph."]
     if result.get("parts"):
-        parts += ["", "Made by these runs (each row's timings are from its own run; the commands give the threads):", ""]
-        parts += [f"- `{name}`: `{command}`" for name, command in result["parts"].items()]
+        parts += ["", "Made by these runs (each row's timings are from its own run):", ""]
+        parts += [f"- `{name}`: `{part['command']}` ({part['torch_threads']} torch thread(s))"
+                  for name, part in result["parts"].items()]
     if result.get("missing_cells"):
         parts += ["", "Not run yet: " + ", ".join(f"{d} r={r} {m}" for d, r, m in result["missing_cells"]) + "."]
     if result.get("ablation"):
@@ -172,7 +173,9 @@ def combine(names: list[str], name: str, command: str) -> dict:
     result = {**parts[0], "rows": rows, "ablation": [r for p in parts for r in p["ablation"]],
               "ground_truth_seconds": truth_seconds,
               "missing_cells": [[d, r, m] for d in DATASETS for r in RATIOS for m in METHODS if (d, r, m) not in present],
-              "complete": all(p.get("complete", False) for p in parts), "parts": {n: p["command"] for n, p in zip(names, parts)},
+              "complete": all(p.get("complete", False) for p in parts),
+              "parts": {n: {"command": p["command"], "torch_threads": p["machine"].get("torch_threads")}
+                        for n, p in zip(names, parts)},
               "command": command}
     write(result, name)
     return result
