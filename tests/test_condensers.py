@@ -25,7 +25,7 @@ from hcdc.graph.condensers import (
     register_condenser,
     synthesize_gcond,
 )
-from hcdc.models.polyfilter import DenseOperator, EdgeListOperator, init_params, logits
+from hcdc.models.polyfilter import DenseOperator, EdgeListOperator, SparseFeatures, init_params, logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -288,3 +288,28 @@ def test_cora_sizes_and_proxies(cora):
     assert (gcond.num_train, gcond.num_val) == (70, 250)
     assert gcond.class_counts("train") == [10] * 7
     assert gcond.meta["fraction_of_graph"] == pytest.approx(320 / 2708)
+
+
+def test_sparse_products_have_bit_identical_gradients_with_two_threads():
+    """``x @ w`` by SparseFeatures and ``Â h`` by EdgeListOperator back-propagate through ``index_select``
+    (whose backward is a serial ``index_add``), not ``w[idx]`` (whose backward, a parallel accumulating
+    ``index_put_``, adds in thread order): same seed, same gradient, at any thread count."""
+    g = torch.Generator().manual_seed(0)
+    n, f, d, nnz = 400, 300, 64, 40000
+    x = torch.zeros(n, f)
+    x[torch.randint(0, n, (nnz,), generator=g), torch.randint(0, f, (nnz,), generator=g)] = torch.rand(nnz, generator=g)
+    feats = SparseFeatures.from_dense(x)
+    edges = torch.randint(0, n, (2, nnz), generator=g)
+    op = EdgeListOperator(edges[0], edges[1], torch.rand(nnz, generator=g), n)
+    w0 = torch.randn(f, d, generator=g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(4):
+            w = w0.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(op(op(feats @ w)).square().sum(), w)
+            grads.append(grad)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], other) for other in grads[1:])

@@ -43,7 +43,7 @@ class EdgeListOperator:
         return cls(*gcn_norm_weights(edge_index, num_nodes), num_nodes)
 
     def __call__(self, h: Tensor) -> Tensor:
-        msg = self.weight.to(h.dtype).unsqueeze(-1) * h[self.src]
+        msg = self.weight.to(h.dtype).unsqueeze(-1) * h.index_select(0, self.src)
         return torch.zeros_like(h).index_add(0, self.dst, msg)
 
 
@@ -90,7 +90,7 @@ class SparseFeatures:
         return cls(row, col, x[row, col], tuple(x.shape))
 
     def __matmul__(self, w: Tensor) -> Tensor:
-        msg = self.value.to(w.dtype).unsqueeze(-1) * w[self.col]
+        msg = self.value.to(w.dtype).unsqueeze(-1) * w.index_select(0, self.col)
         return torch.zeros(self.shape[0], w.shape[1], dtype=w.dtype).index_add(0, self.row, msg)
 
 
