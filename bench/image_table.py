@@ -214,7 +214,7 @@ def _mean_std(values) -> tuple[float, float]:
 
 
 def run_method(view, fingerprint, archs, protocol, truth, method, ipc, seeds, options, device, dataset) -> dict:
-    per_seed, condense_s, eval_s, stages, dirs = [], [], [], [], []
+    per_seed, condense_s, eval_s, stages, dirs, alignment = [], [], [], [], [], []
     meta = None
     for seed in seeds:
         proxy, seconds, key, cached, path = cached_proxy(view, fingerprint, method, ipc, seed, options)
@@ -223,6 +223,8 @@ def run_method(view, fingerprint, archs, protocol, truth, method, ipc, seeds, op
         eval_s.append(time.perf_counter() - start)
         condense_s.append(seconds)
         stages.append(proxy.meta["timings"])
+        if "alignment_history" in proxy.meta:  # HCDC: 1 − cos(g_T, g_S) per S_val step
+            alignment.append(proxy.meta["alignment_history"])
         dirs.append(str(path))
         meta = proxy.meta
         per_seed.append({"seed": seed, "cached_proxy": cached, **record})
@@ -245,7 +247,9 @@ def run_method(view, fingerprint, archs, protocol, truth, method, ipc, seeds, op
         "proxy_val_loss": [r["val_loss"] for r in per_seed], "picks": [r["pick"] for r in per_seed],
         "per_seed": [{k: r[k] for k in ("seed", "spearman", "kendall", "spearman_acc", "spearman_loss", "top_k",
                                         "regret", "perf", "cached_proxy")} for r in per_seed],
-        "proxy_dirs": dirs, "paper_spearman": paper[0], "paper_perf": paper[1],
+        "proxy_dirs": dirs, "alignment_history": alignment,
+        "alignment_mean": statistics.fmean(v for h in alignment for v in h) if any(alignment) else None,
+        "paper_spearman": paper[0], "paper_perf": paper[1],
     }
 
 

@@ -206,7 +206,7 @@ class ImplicitHypergradient(InnerPoint):
     """
 
     def __call__(self, val_loss: ValLoss, *, create_graph: bool = False, residual: bool = True) -> Hypergradient:
-        params, hparams = self.op.params, self.op.hparams
+        params, hparams = self.params, self.hparams
         with torch.set_grad_enabled(create_graph):
             g_theta, direct = grad(val_loss, argnums=(0, 1))(params, hparams)
             u, info = inverse_hessian_product(self.op, self.solver, flatten(g_theta), residual=residual)
