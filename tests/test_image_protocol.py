@@ -55,8 +55,8 @@ def toy_data(classes: int = 4, size: int = 8) -> ImageData:
     return ImageData("toy", tuple(f"c{i}" for i in range(classes)), xtr, xv, xt, ytr, yv, yt).validate()
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("image_table", ROOT / "bench" / "image_table.py")
+def _bench(name: str = "image_table"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -71,7 +71,10 @@ def test_presets_follow_the_paper_and_keys_are_stable():
         (16, 1, 50, 64, 0.025, 0.9, 3e-4, 5.0)
     assert full.seeds == (0, 1, 2, 3, 4) and full.num_archs == 100 and full.ipc == 50 and full.resolution == 32
     assert full.train_subset is None and full.val_subset is None and full.amp and full.channels_last
-    assert cpu.resolution == 16 and cpu.C == 8 and 20 <= cpu.num_archs <= 30 and cpu.ipc == 10 and len(cpu.seeds) == 2
+    assert cpu.resolution == 16 and cpu.C == 8 and 20 <= cpu.num_archs <= 30 and cpu.ipc == 10 and len(cpu.seeds) == 3
+    assert len(cpu.seeds_on_proxy) == 3
+    # the baselines' validation part keeps the train:val proportion; at the cpu scale it must not shrink to a few images
+    assert round(cpu.ipc * cpu.val_subset / cpu.train_subset) >= 10
     assert len(cpu.architectures()) == cpu.num_archs and cpu.architectures()[0] == full.architectures()[0]
     # keys: deterministic, equal for equal protocols, sensitive to every field
     assert full.key() == ImageProtocol(**{**full.as_dict(), "seeds": tuple(full.seeds)}).key()
@@ -362,3 +365,20 @@ def test_plot_commands_write_pngs_and_fail_cleanly(tmp_path, capsys):
         assert not target.exists()
     code = cli_main(["plot", "ranking", str(results), "--out", str(tmp_path / "fig.jpg")])
     _one_line_error(code, capsys.readouterr().err, "png")
+
+
+def test_val_part_diagnostic_ranks_and_rejects_bad_requests(tmp_path):
+    diag = _bench("image_val_part")
+    true = np.arange(5, dtype=float)
+    scores = np.stack([true, true + np.array([0, 0, 0, 1, -1])])  # seed 1 swaps the top two: 1 - 6·2/(5·24) = 0.9
+    out = diag.ranking(scores, true)
+    assert out["spearman_per_seed"] == pytest.approx([1.0, 0.9]) and out["seed_to_seed"] == pytest.approx(0.9)
+    assert 0.9 < out["spearman_of_mean"] < 1.0  # the mean ties the top two
+    with pytest.raises(ConfigError, match="cannot read the table"):
+        diag.main(["nothere", "dc:0", "--out-dir", str(tmp_path)])
+    (tmp_path / "t.json").write_text(json.dumps({"rows": [{"method": "dc", "condense_seeds": [0]}]}))
+    with pytest.raises(ConfigError, match="METHOD:SEED"):
+        diag.main(["t", "dc", "--out-dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="no proxy of method 'dm'"):
+        diag.diagnose(json.loads((tmp_path / "t.json").read_text()), "dm", 0, 10)
+    assert not list(tmp_path.glob("image_val_part*"))

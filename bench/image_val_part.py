@@ -1,0 +1,138 @@
+"""Where an image proxy loses the ranking: its training part or its validation part.
+
+A diagnostic for the image table (:mod:`bench.image_table`). For proxies of a committed table run
+(their directories are in its JSON), every architecture is trained on the proxy's training part
+exactly as the table does (same protocol, same training seeds, so the same networks) and scored
+twice: on the proxy's validation part (what the table ranks by) and on ``--real-val`` real
+validation images per class of the protocol's validation split (what a perfect validation part
+would see). For both it reports the Spearman of each training seed's ranking and of the seed
+mean against the true validation accuracy, and the Spearman between training seeds
+(:func:`hcdc.metrics.seed_agreement`). If the real-validation ranking is good and the proxy's is
+not, the validation part is the bottleneck; if both are poor, the training part is.
+
+    python bench/image_val_part.py image_table_cpu dc:0 hcdc:0     # → bench/results/image_val_part_cpu.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hcdc.artifacts import load_proxy
+from hcdc.data import load_dataset
+from hcdc.errors import ConfigError, HCDCError
+from hcdc.graph.report import markdown_table
+from hcdc.image.protocol import (
+    ImageProtocol,
+    class_subset,
+    prepare_data,
+    proxy_images,
+    score_architecture,
+    train_architecture,
+)
+from hcdc.image.space import Architecture
+from hcdc.io import atomic_write_bytes, atomic_write_json
+from hcdc.metrics import seed_agreement, spearman
+from hcdc.runinfo import machine_info, package_versions
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def ranking(scores: np.ndarray, true: np.ndarray) -> dict:
+    """Spearman of each seed's scores [seeds, archs] and of their mean against ``true``, and seed-to-seed agreement."""
+    agreement = seed_agreement(scores) if len(scores) > 1 else (None, None)
+    return {"spearman_per_seed": [spearman(s, true) for s in scores], "spearman_of_mean": spearman(scores.mean(0), true),
+            "seed_to_seed": agreement[0], "mean_acc": float(scores.mean())}
+
+
+def diagnose(table: dict, method: str, seed: int, real_val: int) -> dict:
+    rows = {r["method"]: r for r in table["rows"]}
+    if method not in rows or seed not in rows[method]["condense_seeds"]:
+        raise ConfigError(f"the table has no proxy of method {method!r} at condensation seed {seed}")
+    protocol = ImageProtocol(**table["protocol"])
+    data = prepare_data(load_dataset(table["dataset"]), protocol)
+    pick = class_subset(data.y_val, real_val, data.num_classes, seed=0)
+    x_real, y_real = data.normalized("val")[pick], data.y_val[pick]
+    proxy = load_proxy(rows[method]["proxy_dirs"][rows[method]["condense_seeds"].index(seed)])
+    x, y = proxy_images(proxy, protocol)
+    train, val = proxy.tensors["train_mask"], proxy.tensors["val_mask"]
+    archs = [Architecture.parse(a) for a in table["architectures"]]
+    seeds = protocol.seeds_on_proxy
+    on_proxy, on_real = np.zeros((len(seeds), len(archs))), np.zeros((len(seeds), len(archs)))
+    start = time.perf_counter()
+    for j, arch in enumerate(archs):
+        for i, s in enumerate(seeds):
+            params = train_architecture(arch, x[train], y[train], protocol, s, num_classes=proxy.num_classes,
+                                        epochs=protocol.epochs_on_proxy)
+            on_proxy[i, j] = score_architecture(arch, params, x[val], y[val], protocol)["acc"]
+            on_real[i, j] = score_architecture(arch, params, x_real, y_real, protocol)["acc"]
+    true = np.asarray(table["true_val_acc"])
+    return {"method": method, "seed": seed, "proxy_val_images": int(val.sum()), "real_val_images": len(pick),
+            "proxy_val": ranking(on_proxy, true), "real_val": ranking(on_real, true),
+            "seconds": time.perf_counter() - start}
+
+
+COLUMNS = [("method", "method", ""), ("seed", "seed", ""), ("proxy_val_images", "proxy val imgs", ""),
+           ("proxy_of_mean", "ρ proxy val", ".3f"), ("proxy_per_seed", "ρ per seed", ""), ("proxy_seed_to_seed", "seed–seed", ".2f"),
+           ("real_val_images", "real val imgs", ""), ("real_of_mean", "ρ real val", ".3f"),
+           ("real_per_seed", "ρ per seed", ""), ("real_seed_to_seed", "seed–seed", ".2f")]
+
+
+def flat(row: dict) -> dict:
+    out = {k: row[k] for k in ("method", "seed", "proxy_val_images", "real_val_images")}
+    for side, name in (("proxy_val", "proxy"), ("real_val", "real")):
+        out[f"{name}_of_mean"] = row[side]["spearman_of_mean"]
+        out[f"{name}_per_seed"] = " ".join(f"{v:.2f}" for v in row[side]["spearman_per_seed"])
+        out[f"{name}_seed_to_seed"] = row[side]["seed_to_seed"]
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", help="name of a committed image table run, e.g. image_table_cpu")
+    parser.add_argument("proxies", nargs="+", metavar="METHOD:SEED")
+    parser.add_argument("--real-val", type=int, default=100, help="real validation images per class (default 100)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    command = "python bench/image_val_part.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    try:
+        table = json.loads((args.out_dir / f"{args.table}.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the table {args.table!r}: {exc}") from None
+    wanted = []
+    for item in args.proxies:
+        method, _, seed = item.partition(":")
+        if not seed.isdigit():
+            raise ConfigError(f"proxies are METHOD:SEED, got {item!r}")
+        wanted.append((method, int(seed)))
+    rows = [diagnose(table, m, s, args.real_val) for m, s in wanted]
+    name = args.table.replace("image_table", "image_val_part")
+    result = {"table": args.table, "command": command, "rows": rows, "machine": machine_info(),
+              "versions": package_versions(), "torch_threads": torch.get_num_threads()}
+    atomic_write_json(args.out_dir / f"{name}.json", result)
+    md = "\n".join([
+        f"# Where the ranking is lost: proxy validation part vs real validation images ({args.table})", "",
+        f"Command: `{command}`  ", f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} cores, "
+        f"{result['torch_threads']} torch threads.", "",
+        markdown_table([flat(r) for r in rows], COLUMNS), "",
+        "Each architecture trains on the proxy's training part with the protocol's proxy seeds (the table's networks) and is "
+        "scored on the proxy's validation part and on real validation images; ρ: Spearman against the true validation "
+        "accuracy of the seed-mean accuracy (and of each seed); seed–seed: mean Spearman between two seeds' rankings.", ""])
+    atomic_write_bytes(args.out_dir / f"{name}.md", md.encode())
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except HCDCError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
