@@ -2,7 +2,8 @@
 
 A diagnostic for the image table (:mod:`bench.image_table`). For proxies of a committed table run
 (their directories are in its JSON), every architecture is trained on the proxy's training part
-exactly as the table does (same protocol, same training seeds, so the same networks) and scored
+as the table does (same protocol and training seeds; bit-identical networks only at the table's
+torch thread count, so the proxy-part column can differ from the table's at another) and scored
 twice: on the proxy's validation part (what the table ranks by) and on ``--real-val`` real
 validation images per class of the protocol's validation split (what a perfect validation part
 would see). For both it reports the Spearman of each training seed's ranking and of the seed
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from hcdc.artifacts import load_proxy
 from hcdc.data import load_dataset
@@ -67,7 +69,7 @@ def diagnose(table: dict, method: str, seed: int, real_val: int) -> dict:
     seeds = protocol.seeds_on_proxy
     on_proxy, on_real = np.zeros((len(seeds), len(archs))), np.zeros((len(seeds), len(archs)))
     start = time.perf_counter()
-    for j, arch in enumerate(archs):
+    for j, arch in enumerate(tqdm(archs, desc=f"{method}:{seed}", unit="arch")):
         for i, s in enumerate(seeds):
             params = train_architecture(arch, x[train], y[train], protocol, s, num_classes=proxy.num_classes,
                                         epochs=protocol.epochs_on_proxy)

@@ -27,13 +27,14 @@ accuracy of the architecture it picks (Perf).
   3 seeds, as fewer steps on 100 images would leave every architecture near chance.
 
   The split 250:500 is deliberately heavy on validation. The baselines' validation part keeps the
-  train:val proportion, so it is round(10·500/250) = 20 images per class. With the paper's 4:1
-  (2–3 images per class at ipc 10) the proxy's ranking is noise: measured with the DC proxy of
-  an earlier version of this protocol (250:100, 4 validation images per class), the rankings of
-  two training seeds on the proxy agreed with Spearman −0.19..0.22 and with the truth −0.15..0.32,
-  while the same networks scored on 1,000 real validation images ranked with Spearman 0.41–0.45
-  (mean of 3 seeds) against the truth: the training part carries the signal, a tiny validation
-  part loses it. The ground truth's own noise is shown in the table (seed-to-seed Spearman and the
+  train:val proportion, so it is round(10·500/250) = 20 images per class; with the paper's 4:1 it
+  would be 2–3 per class at ipc 10. Even 20 per class loses much of the ranking: ``python
+  bench/image_val_part.py image_table_cpu dc:0 hcdc:0`` scores the networks trained on a proxy both
+  on its validation part and on 1,000 real validation images; for the DC proxy of seed 0 the
+  seed-mean ranking reaches Spearman 0.35 on the former and 0.67 on the latter
+  (``bench/results/image_val_part_cpu.md``). In the earlier version of this protocol (250:100, 4
+  validation images per class, one proxy training seed) every method's Spearman was between −0.05
+  and 0.23. The ground truth's own noise is in the table (seed-to-seed Spearman and the
   reliability of the seed mean, :func:`hcdc.metrics.seed_agreement`).
 
   Budget (one forward+backward+SGD step of NB201Network at C=8 on 64 16×16 images ≈ 35 ms on 2
