@@ -136,5 +136,5 @@ if __name__ == "__main__":
     try:
         main()
     except HCDCError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"image_val_part: error: {exc}", file=sys.stderr)
         sys.exit(2)

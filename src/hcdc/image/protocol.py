@@ -37,12 +37,10 @@ accuracy of the architecture it picks (Perf).
   and 0.23. The ground truth's own noise is in the table (seed-to-seed Spearman and the
   reliability of the seed mean, :func:`hcdc.metrics.seed_agreement`).
 
-  Budget (one forward+backward+SGD step of NB201Network at C=8 on 64 16×16 images ≈ 35 ms on 2
-  threads, ≈ 52 ms on one thread with the other core busy; inference ≈ 0.3 ms per image):
-  ground truth 25 architectures × 3 seeds × 480 steps ≈ 21 min; proxy evaluation 25 × 3 seeds ×
-  100 steps ≈ 3 min per proxy, × 9 methods × 2 condensation seeds ≈ 50 min; condensation (with
-  ``bench/image_table.py``'s ``CPU_OPTIONS``: random 0 s, K-Center / Herding ≈ 1 s, DC / DSA ≈ 40 s,
-  DM ≈ 30 s, KIP ≈ 20 s, TM ≈ 20 s, HCDC ≈ DC + 2 min per seed) ≈ 10 min; total ≈ 1.4 h.
+  Budget, as measured by the committed run (``OMP_NUM_THREADS=2 python bench/image_table.py
+  --protocol cpu``, ``bench/results/image_table_cpu.md``): ground truth 811 s (25 architectures ×
+  3 seeds × 480 steps), evaluation ≈ 150 s per proxy (25 × 3 seeds × 100 steps) × 9 methods × 2
+  condensation seeds, condensation 0–122 s per proxy; total 1.13 h of compute.
 * ``"smoke"``: tiny everything, for checking the plumbing end to end in a minute or two.
 
 Ranking on a proxy. The paper ranks by validation accuracy. On a proxy's few validation images
