@@ -31,7 +31,9 @@ from hcdc.artifacts import load_proxy, save_proxy
 from hcdc.data import load_dataset
 from hcdc.graph import (FilterProblem, FilterSpace, NodeGraph, TrainProtocol, evaluate_proxy, ground_truth, hpo_perf,
                         make_condenser, proxy_problem, score_configs)
+from hcdc.graph.evaluate import proxy_graphs
 from hcdc.graph.report import markdown_table
+from hcdc.metrics import spearman
 from hcdc.io import atomic_write_bytes, atomic_write_json
 from hcdc.paths import cache_dir
 from hcdc.runinfo import machine_info, package_versions
@@ -55,11 +57,36 @@ def cached_proxy(data, method: str, ratio: float, seed: int, options: dict):
     return proxy, sum(proxy.meta["timings"].values())
 
 
-def whole_graph_seconds_per_config(data, lam, protocol) -> float:
-    """Training + scoring time of one configuration on the whole graph (16 configurations, one seed)."""
+def seconds_per_config(train_graph, lam, protocol, evaluate_on=None) -> float:
+    """Training + scoring time of one configuration on ``train_graph`` (16 configurations, one seed)."""
     one_seed = TrainProtocol(**{**protocol.as_dict(), "seeds": (protocol.seeds[0],)})
-    scores = score_configs(NodeGraph.from_graph_data(data), lam[:16], one_seed)
+    scores = score_configs(train_graph, lam[:16], one_seed, evaluate_on=evaluate_on)
     return scores.seconds / min(16, len(lam))
+
+
+def speed_rows(data, lam, protocol, ratios, methods, seed: int, repeats: int) -> Iterator[dict]:
+    """Per-configuration evaluation time on each proxy and on the whole graph, measured side by side:
+    ``repeats`` alternations of (whole graph, proxy) in one process; medians and their ratio."""
+    whole_graph = NodeGraph.from_graph_data(data)
+    for ratio in ratios:
+        for method in methods:
+            proxy, _ = cached_proxy(data, method, ratio, seed, {})
+            graphs = proxy_graphs(proxy)
+            whole, small = [], []
+            for _ in range(repeats):
+                whole.append(seconds_per_config(whole_graph, lam, protocol))
+                small.append(seconds_per_config(graphs[0], lam, protocol, evaluate_on=graphs[1]))
+            w, p = statistics.median(whole), statistics.median(small)
+            print(f"speed {data.name} r={ratio} {method}: whole {w * 1e3:.0f} ms, proxy {p * 1e3:.0f} ms, {w / p:.1f}x",
+                  file=sys.stderr, flush=True)
+            yield {"dataset": data.name.lower(), "method": method, "r": ratio, "proxy_seconds_per_config": p,
+                   "whole_seconds_per_config": w, "eval_speedup": w / p, "repeats": repeats}
+
+
+def loss_ceiling(gt) -> float:
+    """Spearman between the whole graph's own validation loss and its validation accuracy: what a proxy
+    scored by validation loss reaches if it reproduces the whole graph's losses exactly."""
+    return spearman(-gt.val_loss.numpy(), gt.val_acc.numpy())
 
 
 def _mean_std(values):
@@ -135,11 +162,23 @@ def to_markdown(result: dict) -> str:
              f"Ground truth: {result['train_seeds']} training seed(s) per configuration; wall time "
              + ", ".join(f"{k} {v:.0f} s" for k, v in result["ground_truth_seconds"].items()) + ".", "",
              markdown_table(result["rows"], cols), "",
+             "Ceiling of a proxy scored by validation loss (the whole graph's own validation loss against its "
+             "validation accuracy, Spearman; sampled / held-out configurations): "
+             + ", ".join(f"{k} {v[0]:.3f} / {v[1]:.3f}" for k, v in result.get("loss_ceiling", {}).items()) + ".", "",
              "Spearman/Kendall: proxy validation loss vs true validation accuracy; held-out ρ: configurations "
              "drawn with another seed; Perf: true test accuracy of the proxy's pick among the sampled "
              "configurations; whole-graph Perf: the same for the pick of the true validation accuracy; Perf (HPO): "
              "true test accuracy of the filter found by hypergradient HPO (Lorraine et al.) on the proxy, from 4 starts; "
              "whole-graph Perf (HPO): the same search on the whole graph."]
+    if result.get("speed"):
+        parts += ["", "Evaluation speed-up: per-configuration time (16 configurations, one training seed) on the "
+                  "proxy of the first condensation seed and on the whole graph, alternated "
+                  f"{result['speed'][0]['repeats']} times in one process (medians); the table's speed-up and "
+                  "break-even columns use these numbers.", "",
+                  markdown_table(result["speed"], [
+                      ("dataset", "dataset", ""), ("method", "method", ""), ("r", "r", ""),
+                      ("proxy_seconds_per_config", "proxy s/config", ".3f"),
+                      ("whole_seconds_per_config", "whole-graph s/config", ".3f"), ("eval_speedup", "speed-up", ".1f")])]
     if result.get("parts"):
         parts += ["", "Made by these runs (each row's timings are from its own run):", ""]
         parts += [f"- `{name}`: `{part['command']}` ({part['torch_threads']} torch thread(s))"
@@ -170,15 +209,35 @@ def combine(names: list[str], name: str, command: str) -> dict:
     for p in parts:  # a part that found the ground truth cached reports ~0 s: keep the run that computed it
         for k, v in p["ground_truth_seconds"].items():
             truth_seconds[k] = max(v, truth_seconds.get(k, 0.0))
+    speed = {(r["dataset"], r["method"], r["r"]): r for p in parts for r in p.get("speed", [])}
+    for row in rows:  # side-by-side timings replace those of the row's own run
+        timing = speed.get((row["dataset"], row["method"], row["r"]))
+        if timing:
+            row.update({k: timing[k] for k in ("proxy_seconds_per_config", "whole_seconds_per_config", "eval_speedup")},
+                       break_even_configs=row["condense_seconds"] / (timing["whole_seconds_per_config"]
+                                                                     - timing["proxy_seconds_per_config"])
+                       if timing["eval_speedup"] > 1 else None, speed_measured="side by side")
     result = {**parts[0], "rows": rows, "ablation": [r for p in parts for r in p["ablation"]],
+              "speed": list(speed.values()),
               "ground_truth_seconds": truth_seconds,
+              "loss_ceiling": {k: v for p in parts for k, v in p.get("loss_ceiling", {}).items()},
               "missing_cells": [[d, r, m] for d in DATASETS for r in RATIOS for m in METHODS if (d, r, m) not in present],
               "complete": all(p.get("complete", False) for p in parts),
               "parts": {n: {"command": p["command"], "torch_threads": p["machine"].get("torch_threads")}
                         for n, p in zip(names, parts)},
               "command": command}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):  # parts run before the ceiling was recorded
+        if dataset not in result["loss_ceiling"]:
+            result["loss_ceiling"][dataset] = loss_ceilings(load_dataset(dataset), result)
     write(result, name)
     return result
+
+
+def loss_ceilings(data, result: dict) -> list[float]:
+    """[ceiling on the sampled, on the held-out configurations] of ``result``'s run (ground truth from the cache)."""
+    space, protocol = FilterSpace(), TrainProtocol(seeds=tuple(range(result["train_seeds"])))
+    return [loss_ceiling(ground_truth(data, space.sample(result["configs"], result.get(seed, default)), protocol))
+            for seed, default in (("config_seed", 0), ("heldout_seed", 1))]
 
 
 def main(argv=None) -> dict:
@@ -193,6 +252,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--train-seeds", type=int, default=2, help="training seeds per configuration, ground truth")
     parser.add_argument("--proxy-seeds", type=int, default=1, help="training seeds per configuration on a proxy")
     parser.add_argument("--ablation", action="store_true", help="also the HCDC ablation on the first dataset at r = 0.5")
+    parser.add_argument("--speed", action="store_true",
+                        help="only time evaluation on each proxy (first condensation seed) and on the whole graph, "
+                             "side by side")
+    parser.add_argument("--speed-repeats", type=int, default=3)
     parser.add_argument("--name", default="graph_table")
     parser.add_argument("--combine", nargs="+", metavar="NAME", help="only merge the results NAME.json into --name")
     args = parser.parse_args(argv)
@@ -201,15 +264,22 @@ def main(argv=None) -> dict:
         return combine(args.combine, args.name, command)
     space, protocol = FilterSpace(), TrainProtocol(seeds=tuple(range(args.train_seeds)))
     proxy_protocol = TrainProtocol(seeds=tuple(range(args.proxy_seeds)))
-    result = {"rows": [], "ablation": [], "configs": args.configs, "train_seeds": args.train_seeds,
-              "proxy_seeds": args.proxy_seeds, "ground_truth_seconds": {}, "machine": machine_info(),
+    result = {"rows": [], "ablation": [], "speed": [], "loss_ceiling": {}, "configs": args.configs, "train_seeds": args.train_seeds,
+              "proxy_seeds": args.proxy_seeds, "config_seed": args.config_seed, "heldout_seed": args.heldout_seed,
+              "ground_truth_seconds": {}, "machine": machine_info(),
               "versions": package_versions(), "command": command, "complete": False}
     for name in args.datasets:
         data = load_dataset(name)
         lam, lam_ho = space.sample(args.configs, args.config_seed), space.sample(args.configs, args.heldout_seed)
         gt, gt_ho = ground_truth(data, lam, protocol), ground_truth(data, lam_ho, protocol)
         result["ground_truth_seconds"][name] = gt.seconds + gt_ho.seconds
-        whole = {"seconds_per_config": whole_graph_seconds_per_config(data, lam, protocol),
+        result["loss_ceiling"][name] = loss_ceilings(data, result)
+        if args.speed:
+            result["speed"] += speed_rows(data, lam, protocol, args.ratios, args.methods, args.condense_seeds[0],
+                                          args.speed_repeats)
+            write(result, args.name)
+            continue
+        whole = {"seconds_per_config": seconds_per_config(NodeGraph.from_graph_data(data), lam, protocol),
                  "hpo_perf": hpo_perf(FilterProblem.from_graph_data(data), data, space, protocol)[0]}
         for ratio in args.ratios:
             for method in args.methods:

@@ -17,6 +17,7 @@ from hcdc.graph.problem import FilterProblem
 from hcdc.graph.train import score_configs, stacked_logits, train_stacked
 from hcdc.data.graph import row_normalize
 from hcdc.models import polyfilter
+from conftest import load_bench
 
 
 def _sbm(n_per_class=30, classes=3, features=20, seed=0) -> GraphData:
@@ -237,3 +238,25 @@ def test_class_without_training_node_is_rejected(tmp_path, capsys):
                      "--method", "random", "--out", out)
     assert code == 2 and "class" in err
     assert not out.exists()
+
+
+def test_graph_table_side_by_side_speed_replaces_row_timings(tmp_path, monkeypatch):
+    bench = load_bench("graph_table")
+    monkeypatch.setenv("HCDC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(bench, "load_dataset", lambda name: _sbm())
+    common = ["--datasets", "sbm", "--ratios", "0.5", "--methods", "random", "--condense-seeds", "0",
+              "--configs", "4", "--train-seeds", "1"]
+    table = bench.main(common + ["--name", "table"])
+    speed = bench.main(common + ["--speed", "--speed-repeats", "2", "--name", "speed"])
+    (timing,) = speed["speed"]
+    assert timing["eval_speedup"] == pytest.approx(timing["whole_seconds_per_config"] / timing["proxy_seconds_per_config"])
+    merged = bench.combine(["table", "speed"], "merged", "test")
+    (row,) = merged["rows"]
+    assert row["eval_speedup"] == timing["eval_speedup"] and row["speed_measured"] == "side by side"
+    assert table["rows"][0]["eval_speedup"] != timing["eval_speedup"]
+    # the ceiling: the whole graph's own validation loss against its validation accuracy
+    assert merged["loss_ceiling"]["sbm"] == table["loss_ceiling"]["sbm"]
+    assert all(-1 <= v <= 1 for v in merged["loss_ceiling"]["sbm"])
+    assert "side by side" not in (tmp_path / "results" / "table.md").read_text()
+    assert "alternated 2 times" in (tmp_path / "results" / "merged.md").read_text()

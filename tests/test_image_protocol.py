@@ -3,7 +3,6 @@ bench/image_table.py's option resolution; tiny images and networks only."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -22,9 +21,9 @@ from hcdc.image.figures import plot_ranking
 from hcdc.image.protocol import (PROTOCOLS, ImageProtocol, evaluate_image_proxy, image_ground_truth, prepare_data,
                                  proxy_score, score_architecture, train_architecture)
 from hcdc.image.space import Architecture
+from conftest import load_bench
 from test_data_image import _py2_pickle  # the official batches' Python 2 pickling
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ImageProtocol(C=4, N=1, epochs=4, proxy_epochs=15, batch_size=16, seeds=(0,), num_archs=3, ipc=4)
 NONE = Architecture((0,) * 6)  # degenerate: no path from input to output, the network predicts a constant
 CONV = Architecture.parse("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|")
@@ -56,10 +55,7 @@ def toy_data(classes: int = 4, size: int = 8) -> ImageData:
 
 
 def _bench(name: str = "image_table"):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(name)
 
 
 # --- protocol -----------------------------------------------------------------------------------------

@@ -18,9 +18,11 @@ Algorithm 1, for the continuous space of polynomial filters λ ∈ [low, high]^{
 - Trajectories (Algorithm 1, lines 1–6): from each of ``candidates`` sampled configurations λ_i
   (a seed stream disjoint from the evaluation configurations) train θ_S on S_train and θ_T on the
   real graph from the same initialisation with the evaluation protocol; from epoch ``warmup`` on,
-  every ``align_every`` epochs record an alignment point: the IFT hypergradient (Neumann series)
-  on the real graph, g_T (real training and validation nodes), and the proxy's linearised best
-  response dθ_S*/dλ (:class:`hcdc.hypergrad.BestResponse`, K+1 Neumann solves); then move λ one
+  every ``align_every`` epochs record an alignment point: the IFT hypergradient on the real graph,
+  g_T (real training and validation nodes), and the proxy's linearised best response dθ_S*/dλ
+  (:class:`hcdc.hypergrad.BestResponse`, K+1 solves), both with a Neumann series of
+  ``neumann_terms`` = J terms (J = 1 by default: the Cora ablation of ``bench/graph_table.py``
+  ranks better with J = 0 or 1 than with J = 5, 10 or 20); then move λ one
   normalised hypergradient step on the proxy (λ ← λ − η g_S/‖g_S‖, clipped to the space).
 - Alignment (line 7): because S_train is fixed, g_S(S_val) = ∂_λ L_val + (dθ*/dλ)ᵀ ∂_θ L_val at a
   recorded point needs no Hessian product, so S_val takes ``val_steps`` Adam steps on the mean
@@ -56,7 +58,7 @@ class CalibrationConfig:
     epochs: int = 200
     align_every: int = 20
     warmup: int = 100
-    neumann_terms: int = 10
+    neumann_terms: int = 1
     lr_features: float = 1e-4
     val_steps: int = 100
     bank_batch: int = 32
