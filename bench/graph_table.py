@@ -199,9 +199,11 @@ def write(result: dict, name: str) -> None:
 
 
 def combine(names: list[str], name: str, command: str) -> dict:
-    """Merge the tables of separate runs (e.g. one process per dataset) into one."""
+    """Merge the tables of separate runs (e.g. one process per dataset) into one; a cell run by several
+    of them takes the row of the last (a rerun after a change of defaults replaces the older row)."""
     parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in names]
-    rows = sorted((r for p in parts for r in p["rows"]), key=lambda r: (
+    cells = {(r["dataset"], r["r"], r["method"]): r for p in parts for r in p["rows"]}
+    rows = sorted(cells.values(), key=lambda r: (
         DATASETS.index(r["dataset"]) if r["dataset"] in DATASETS else len(DATASETS), r["r"],
         METHODS.index(r["method"]) if r["method"] in METHODS else len(METHODS)))
     present = {(r["dataset"], r["r"], r["method"]) for r in rows}

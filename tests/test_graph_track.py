@@ -251,8 +251,11 @@ def test_graph_table_side_by_side_speed_replaces_row_timings(tmp_path, monkeypat
     speed = bench.main(common + ["--speed", "--speed-repeats", "2", "--name", "speed"])
     (timing,) = speed["speed"]
     assert timing["eval_speedup"] == pytest.approx(timing["whole_seconds_per_config"] / timing["proxy_seconds_per_config"])
-    merged = bench.combine(["table", "speed"], "merged", "test")
-    (row,) = merged["rows"]
+    rerun = {**table, "rows": [{**table["rows"][0], "spearman_mean": 0.123}]}
+    bench.write(rerun, "rerun")
+    merged = bench.combine(["table", "rerun", "speed"], "merged", "test")
+    (row,) = merged["rows"]  # a cell run twice: the later run's row
+    assert row["spearman_mean"] == 0.123
     assert row["eval_speedup"] == timing["eval_speedup"] and row["speed_measured"] == "side by side"
     assert table["rows"][0]["eval_speedup"] != timing["eval_speedup"]
     # the ceiling: the whole graph's own validation loss against its validation accuracy
