@@ -54,10 +54,6 @@ def toy_data(classes: int = 4, size: int = 8) -> ImageData:
     return ImageData("toy", tuple(f"c{i}" for i in range(classes)), xtr, xv, xt, ytr, yv, yt).validate()
 
 
-def _bench(name: str = "image_table"):
-    return load_bench(name)
-
-
 # --- protocol -----------------------------------------------------------------------------------------
 
 
@@ -226,7 +222,7 @@ def test_cifar100_stand_in_end_to_end(tmp_path):
 
 
 def test_bench_runs_on_a_cifar100_stand_in(tmp_path):
-    bench = _bench()
+    bench = load_bench("image_table")
     _write_cifar100(tmp_path / "data", per_class=120, test_per_class=1)  # 12,000 images: 10,000 become validation
     result = bench.main(["--smoke", "--dataset", "cifar100", "--data-root", str(tmp_path / "data"), "--methods", "random",
                          "--archs", "2", "--out-dir", str(tmp_path / "out")])
@@ -261,7 +257,7 @@ def test_bench_runs_on_a_cifar100_stand_in(tmp_path):
 
 
 def test_bench_cpu_options_resolve_for_every_method():
-    bench = _bench()
+    bench = load_bench("image_table")
     cpu = PROTOCOLS["cpu"]
     for method in bench.DEFAULT_METHODS:
         if method not in IMAGE_CONDENSERS:
@@ -281,7 +277,7 @@ def test_bench_cpu_options_resolve_for_every_method():
 
 
 def test_bench_argument_parsing():
-    bench = _bench()
+    bench = load_bench("image_table")
     run = bench.resolve(bench.build_parser().parse_args(["--protocol", "cpu", "--methods", "random", "dm",
                                                          "--options", 'dm={"iterations": 5}']))
     assert run["name"] == "image_table_cpu" and run["seeds"] == [0, 1] and run["options"]["dm"]["iterations"] == 5
@@ -364,7 +360,7 @@ def test_plot_commands_write_pngs_and_fail_cleanly(tmp_path, capsys):
 
 
 def test_val_part_diagnostic_ranks_and_rejects_bad_requests(tmp_path):
-    diag = _bench("image_val_part")
+    diag = load_bench("image_val_part")
     true = np.arange(5, dtype=float)
     scores = np.stack([true, true + np.array([0, 0, 0, 1, -1])])  # seed 1 swaps the top two: 1 - 6·2/(5·24) = 0.9
     out = diag.ranking(scores, true)
