@@ -163,18 +163,19 @@ def to_markdown(result: dict) -> str:
             ("eval_speedup", "eval speed-up", ".1f"), ("break_even_configs", "break-even configs", ".0f")]
     parts = [f"# Graph proxies: ranking of {result['configs']} polynomial filters (K = 3)", "",
              f"Command: `{result['command']}`  ", f"Machine: {result['machine']['processor']}, "
-             f"{result['machine']['cpu_count']} cores; torch {result['versions']['torch']}.  ",
-             f"Ground truth: {result['train_seeds']} training seed(s) per configuration; wall time "
-             + ", ".join(f"{k} {v:.0f} s" for k, v in result["ground_truth_seconds"].items()) + ".", "",
-             markdown_table(result["rows"], cols), "",
-             "Ceiling of a proxy scored by validation loss (the whole graph's own validation loss against its "
-             "validation accuracy, Spearman; sampled / held-out configurations): "
-             + ", ".join(f"{k} {v[0]:.3f} / {v[1]:.3f}" for k, v in result.get("loss_ceiling", {}).items()) + ".", "",
-             "Spearman/Kendall: proxy validation loss vs true validation accuracy; held-out ρ: configurations "
-             "drawn with another seed; Perf: true test accuracy of the proxy's pick among the sampled "
-             "configurations; whole-graph Perf: the same for the pick of the true validation accuracy; Perf (HPO): "
-             "true test accuracy of the filter found by hypergradient HPO (Lorraine et al.) on the proxy, from 4 starts; "
-             "whole-graph Perf (HPO): the same search on the whole graph."]
+             f"{result['machine']['cpu_count']} cores; torch {result['versions']['torch']}.  "]
+    if result["rows"]:  # a --speed run has timings only
+        parts += [f"Ground truth: {result['train_seeds']} training seed(s) per configuration; wall time "
+                 + ", ".join(f"{k} {v:.0f} s" for k, v in result["ground_truth_seconds"].items()) + ".", "",
+                 markdown_table(result["rows"], cols), "",
+                 "Ceiling of a proxy scored by validation loss (the whole graph's own validation loss against its "
+                 "validation accuracy, Spearman; sampled / held-out configurations): "
+                 + ", ".join(f"{k} {v[0]:.3f} / {v[1]:.3f}" for k, v in result.get("loss_ceiling", {}).items()) + ".", "",
+                 "Spearman/Kendall: proxy validation loss vs true validation accuracy; held-out ρ: configurations "
+                 "drawn with another seed; Perf: true test accuracy of the proxy's pick among the sampled "
+                 "configurations; whole-graph Perf: the same for the pick of the true validation accuracy; Perf (HPO): "
+                 "true test accuracy of the filter found by hypergradient HPO (Lorraine et al.) on the proxy, from 4 starts; "
+                 "whole-graph Perf (HPO): the same search on the whole graph."]
     if result.get("speed"):
         parts += ["", "Evaluation speed-up: per-configuration time (16 configurations, one training seed) on the "
                   "proxy of the first condensation seed and on the whole graph, alternated "
@@ -277,14 +278,14 @@ def main(argv=None) -> dict:
     for name in args.datasets:
         data = load_dataset(name)
         lam, lam_ho = space.sample(args.configs, args.config_seed), space.sample(args.configs, args.heldout_seed)
-        gt, gt_ho = ground_truth(data, lam, protocol), ground_truth(data, lam_ho, protocol)
-        result["ground_truth_seconds"][name] = gt.seconds + gt_ho.seconds
-        result["loss_ceiling"][name] = [loss_ceiling(gt), loss_ceiling(gt_ho)]
-        if args.speed:
+        if args.speed:  # timings only: no ground truth needed
             result["speed"] += speed_rows(data, lam, protocol, args.ratios, args.methods, args.condense_seeds[0],
                                           args.speed_repeats)
             write(result, args.name)
             continue
+        gt, gt_ho = ground_truth(data, lam, protocol), ground_truth(data, lam_ho, protocol)
+        result["ground_truth_seconds"][name] = gt.seconds + gt_ho.seconds
+        result["loss_ceiling"][name] = [loss_ceiling(gt), loss_ceiling(gt_ho)]
         whole = {"seconds_per_config": seconds_per_config(NodeGraph.from_graph_data(data), lam, protocol),
                  "hpo_perf": hpo_perf(FilterProblem.from_graph_data(data), data, space, protocol)[0]}
         for ratio in args.ratios:
