@@ -11,12 +11,19 @@ mean against the true validation accuracy, and the Spearman between training see
 (:func:`hcdc.metrics.seed_agreement`). If the real-validation ranking is good and the proxy's is
 not, the validation part is the bottleneck; if both are poor, the training part is.
 
-    python bench/image_val_part.py image_table_cpu dc:0 hcdc:0     # → bench/results/image_val_part_cpu.{json,md}
+Networks trained on a few images are noisy rankers (seed-to-seed Spearman near 0 on the cpu
+protocol), so ``--proxy-seeds N`` trains each architecture under seeds 0..N-1 instead of the
+protocol's; proxies with the same training part (DC and HCDC at one condensation seed) are scored on
+the very same networks, so their columns differ only by the validation part.
+
+    OMP_NUM_THREADS=2 python bench/image_val_part.py image_table_cpu dc:0 hcdc:0 --proxy-seeds 6
+    # → bench/results/image_val_part_cpu.{json,md}
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -42,6 +49,7 @@ from hcdc.image.protocol import (
 from hcdc.image.space import Architecture
 from hcdc.io import atomic_write_bytes, atomic_write_json
 from hcdc.metrics import seed_agreement, spearman
+from hcdc.paths import cache_dir
 from hcdc.runinfo import machine_info, package_versions
 
 RESULTS = Path(__file__).parent / "results"
@@ -54,34 +62,57 @@ def ranking(scores: np.ndarray, true: np.ndarray) -> dict:
             "seed_to_seed": agreement[0], "mean_acc": float(scores.mean())}
 
 
-def diagnose(table: dict, method: str, seed: int, real_val: int) -> dict:
+def train_networks(archs, x: torch.Tensor, y: torch.Tensor, protocol: ImageProtocol, seeds, num_classes: int,
+                   label: str) -> dict:
+    """Parameters of every architecture trained on (x, y) under each of ``seeds``: {(arch index, seed): params}."""
+    return {(j, s): train_architecture(arch, x, y, protocol, s, num_classes=num_classes, epochs=protocol.epochs_on_proxy)
+            for j, arch in enumerate(tqdm(archs, desc=label, unit="arch")) for s in seeds}
+
+
+def diagnose(table: dict, method: str, seed: int, real_val: int, proxy_seeds: int | None = None,
+             networks: dict | None = None) -> dict:
+    """Rank the table's architectures trained on one proxy's training part by its validation part and by
+    ``real_val`` real validation images per class. ``proxy_seeds`` (default: the protocol's) sets how many
+    training seeds (0, 1, …) each architecture gets; ``networks`` caches trained networks across calls,
+    keyed by the training part's contents, so proxies sharing a training part (DC and HCDC at one seed)
+    are scored on the very same networks."""
     rows = {r["method"]: r for r in table["rows"]}
     if method not in rows or seed not in rows[method]["condense_seeds"]:
         raise ConfigError(f"the table has no proxy of method {method!r} at condensation seed {seed}")
+    listed = Path(rows[method]["proxy_dirs"][rows[method]["condense_seeds"].index(seed)])
+    proxy_dir = cache_dir() / "image_proxies" / listed.name  # the table's cache may have been elsewhere
+    if not (proxy_dir / "meta.json").exists():  # proxies live in the cache, not in the repository
+        raise ConfigError(f"the {method} proxy of seed {seed} is not in the cache ({proxy_dir}); recreate it with "
+                          f"`python bench/image_table.py --protocol {table.get('protocol_name', 'cpu')} --methods "
+                          f"{method} --seeds {seed} --name SCRATCH` (same data, options and seed)")
+    proxy = load_proxy(proxy_dir)
     protocol = ImageProtocol(**table["protocol"])
     data = prepare_data(load_dataset(table["dataset"]), protocol)
     pick = class_subset(data.y_val, real_val, data.num_classes, seed=0)
     x_real, y_real = data.normalized("val")[pick], data.y_val[pick]
-    proxy = load_proxy(rows[method]["proxy_dirs"][rows[method]["condense_seeds"].index(seed)])
     x, y = proxy_images(proxy, protocol)
     train, val = proxy.tensors["train_mask"], proxy.tensors["val_mask"]
     archs = [Architecture.parse(a) for a in table["architectures"]]
-    seeds = protocol.seeds_on_proxy
+    seeds = tuple(range(proxy_seeds)) if proxy_seeds else protocol.seeds_on_proxy
     on_proxy, on_real = np.zeros((len(seeds), len(archs))), np.zeros((len(seeds), len(archs)))
     start = time.perf_counter()
-    for j, arch in enumerate(tqdm(archs, desc=f"{method}:{seed}", unit="arch")):
+    networks = {} if networks is None else networks
+    key = (hashlib.sha256(x[train].numpy().tobytes() + y[train].numpy().tobytes()).hexdigest(), seeds)
+    if key not in networks:
+        networks[key] = train_networks(archs, x[train], y[train], protocol, seeds, proxy.num_classes, f"{method}:{seed}")
+    for j, arch in enumerate(archs):
         for i, s in enumerate(seeds):
-            params = train_architecture(arch, x[train], y[train], protocol, s, num_classes=proxy.num_classes,
-                                        epochs=protocol.epochs_on_proxy)
+            params = networks[key][j, s]
             on_proxy[i, j] = score_architecture(arch, params, x[val], y[val], protocol)["acc"]
             on_real[i, j] = score_architecture(arch, params, x_real, y_real, protocol)["acc"]
     true = np.asarray(table["true_val_acc"])
-    return {"method": method, "seed": seed, "proxy_val_images": int(val.sum()), "real_val_images": len(pick),
+    return {"method": method, "seed": seed, "proxy_seeds": list(seeds), "proxy_val_images": int(val.sum()), "real_val_images": len(pick),
             "proxy_val": ranking(on_proxy, true), "real_val": ranking(on_real, true),
             "seconds": time.perf_counter() - start}
 
 
-COLUMNS = [("method", "method", ""), ("seed", "seed", ""), ("proxy_val_images", "proxy val imgs", ""),
+COLUMNS = [("method", "method", ""), ("seed", "seed", ""), ("networks", "training seeds", ""),
+           ("proxy_val_images", "proxy val imgs", ""),
            ("proxy_of_mean", "ρ proxy val", ".3f"), ("proxy_per_seed", "ρ per seed", ""), ("proxy_seed_to_seed", "seed–seed", ".2f"),
            ("real_val_images", "real val imgs", ""), ("real_of_mean", "ρ real val", ".3f"),
            ("real_per_seed", "ρ per seed", ""), ("real_seed_to_seed", "seed–seed", ".2f")]
@@ -89,6 +120,7 @@ COLUMNS = [("method", "method", ""), ("seed", "seed", ""), ("proxy_val_images", 
 
 def flat(row: dict) -> dict:
     out = {k: row[k] for k in ("method", "seed", "proxy_val_images", "real_val_images")}
+    out["networks"] = len(row.get("proxy_seeds", row["proxy_val"]["spearman_per_seed"]))
     for side, name in (("proxy_val", "proxy"), ("real_val", "real")):
         out[f"{name}_of_mean"] = row[side]["spearman_of_mean"]
         out[f"{name}_per_seed"] = " ".join(f"{v:.2f}" for v in row[side]["spearman_per_seed"])
@@ -101,6 +133,8 @@ def main(argv=None) -> dict:
     parser.add_argument("table", help="name of a committed image table run, e.g. image_table_cpu")
     parser.add_argument("proxies", nargs="+", metavar="METHOD:SEED")
     parser.add_argument("--real-val", type=int, default=100, help="real validation images per class (default 100)")
+    parser.add_argument("--proxy-seeds", type=int, default=None,
+                        help="training seeds 0..N-1 per architecture (default: the protocol's proxy seeds)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     command = "python bench/image_val_part.py " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -114,7 +148,8 @@ def main(argv=None) -> dict:
         if not seed.isdigit():
             raise ConfigError(f"proxies are METHOD:SEED, got {item!r}")
         wanted.append((method, int(seed)))
-    rows = [diagnose(table, m, s, args.real_val) for m, s in wanted]
+    networks: dict = {}
+    rows = [diagnose(table, m, s, args.real_val, args.proxy_seeds, networks) for m, s in wanted]
     name = args.table.replace("image_table", "image_val_part")
     result = {"table": args.table, "command": command, "rows": rows, "machine": machine_info(),
               "versions": package_versions(), "torch_threads": torch.get_num_threads()}

@@ -373,4 +373,7 @@ def test_val_part_diagnostic_ranks_and_rejects_bad_requests(tmp_path):
         diag.main(["t", "dc", "--out-dir", str(tmp_path)])
     with pytest.raises(ConfigError, match="no proxy of method 'dm'"):
         diag.diagnose(json.loads((tmp_path / "t.json").read_text()), "dm", 0, 10)
+    gone = {"rows": [{"method": "dc", "condense_seeds": [0], "proxy_dirs": [str(tmp_path / "gone")]}]}
+    with pytest.raises(ConfigError, match="not in the cache"):
+        diag.diagnose(gone, "dc", 0, 10)
     assert not list(tmp_path.glob("image_val_part*"))
