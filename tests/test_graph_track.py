@@ -250,6 +250,8 @@ def test_graph_table_side_by_side_speed_replaces_row_timings(tmp_path, monkeypat
     table = bench.main(common + ["--name", "table"])
     speed = bench.main(common + ["--speed", "--speed-repeats", "2", "--name", "speed"])
     (timing,) = speed["speed"]
+    assert speed["ground_truth_seconds"] == {} and speed["loss_ceiling"] == {}  # timings need no ground truth
+    assert "Ground truth" not in (tmp_path / "results" / "speed.md").read_text()
     assert timing["eval_speedup"] == pytest.approx(timing["whole_seconds_per_config"] / timing["proxy_seconds_per_config"])
     rerun = {**table, "rows": [{**table["rows"][0], "spearman_mean": 0.123}]}
     bench.write(rerun, "rerun")
