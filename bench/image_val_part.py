@@ -159,8 +159,9 @@ def main(argv=None) -> dict:
         f"Command: `{command}`  ", f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} cores, "
         f"{result['torch_threads']} torch threads.", "",
         markdown_table([flat(r) for r in rows], COLUMNS), "",
-        "Each architecture trains on the proxy's training part with the protocol's proxy seeds (the table's networks) and is "
-        "scored on the proxy's validation part and on real validation images; ρ: Spearman against the true validation "
+        "Each architecture trains on the proxy's training part under training seeds 0, 1, … (the table's networks when "
+        "they are the protocol's proxy seeds; one set of networks for proxies with the same training part, as DC and "
+        "HCDC at one condensation seed) and is scored on the proxy's validation part and on real validation images; ρ: Spearman against the true validation "
         "accuracy of the seed-mean accuracy (and of each seed); seed–seed: mean Spearman between two seeds' rankings.", ""])
     atomic_write_bytes(args.out_dir / f"{name}.md", md.encode())
     print(md)
