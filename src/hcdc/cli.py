@@ -119,6 +119,62 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .artifacts import load_proxy
+    from .errors import ConfigError
+    from .graph import FilterSpace, NodeGraph, TrainProtocol, ground_truth
+    from .graph.evaluate import proxy_graphs
+    from .graph.search import make_sampler, search_filters
+    from .io import atomic_write_json
+    from .runinfo import run_record
+
+    make_sampler(args.sampler, args.seed)  # bad settings fail before anything is loaded or written
+    if args.trials < 1 or args.batch < 1 or args.seeds < 1:
+        raise ConfigError(f"--trials, --batch and --seeds must be >= 1 (got {args.trials}, {args.batch}, {args.seeds})")
+    result_file, journal = args.out / "search.json", args.out / "study.journal"
+    if result_file.exists() and not args.overwrite:
+        raise ConfigError(f"{args.out} already holds a finished search (pass --overwrite to start afresh)")
+    if args.proxy is not None:
+        proxy = load_proxy(args.proxy)
+        if proxy.kind != "graph":
+            raise ConfigError(f"{args.proxy} is an {proxy.kind} proxy; hcdc search tunes graph filters")
+        data = _load_graph(args, proxy.meta["dataset"], proxy.meta["config"].get("graph_file"))
+        graph, evaluate_on = proxy_graphs(proxy)
+        target = {"proxy": str(args.proxy.resolve()), "method": proxy.meta["method"], "ratio": proxy.meta["ratio"]}
+    else:
+        data = _load_graph(args)
+        graph, evaluate_on = NodeGraph.from_graph_data(data), None
+        target = {"graph": data.name}
+    if args.overwrite:
+        for path in (result_file, journal):
+            path.unlink(missing_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    space, protocol = FilterSpace(), TrainProtocol(seeds=tuple(range(args.seeds)))
+    found = search_filters(graph, space, protocol, args.trials, args.sampler, args.seed, args.batch, evaluate_on,
+                           journal=journal, context=target)
+    on = f"the {target['method']} proxy {args.proxy}" if args.proxy is not None else f"{data.name} itself"
+    lam = ", ".join(f"{v:+.3f}" for v in found.best.tolist())
+    print(f"{args.trials} trials ({args.sampler}, seed {args.seed}) on {on} in {found.seconds:.1f} s: "
+          f"best λ = [{lam}], validation loss {found.best_val_loss:.4f}")
+    timings, results = {"search": found.seconds}, {"best": found.best.tolist(), "best_val_loss": found.best_val_loss,
+                                                    "trials": found.as_dict()}
+    if not args.no_verify:  # the pick trained on the original graph, as the user would
+        truth_protocol = TrainProtocol()  # the ground truth's: default seeds
+        truth = ground_truth(data, found.best.unsqueeze(0), truth_protocol, progress=False)
+        timings["verify"] = truth.seconds
+        results["original_graph"] = {"val_acc": float(truth.val_acc[0]), "test_acc": float(truth.test_acc[0]),
+                                     "training_seeds": len(truth_protocol.seeds)}
+        print(f"  trained on {data.name}: validation accuracy {100 * float(truth.val_acc[0]):.1f} %, "
+              f"test accuracy {100 * float(truth.test_acc[0]):.1f} %")
+    record = run_record({**target, "trials": args.trials, "sampler": args.sampler, "batch": args.batch,
+                         "training_seeds": args.seeds, "space": space.__dict__, "protocol": protocol.as_dict()},
+                        args.seed, timings)
+    record["results"] = results
+    atomic_write_json(result_file, record)
+    print(f"  results: {result_file}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .graph.demo import run_demo
 
@@ -176,6 +232,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="PNG of proxy score vs true accuracy (default: DIR-scores.png; results beside it as .json)")
     p.add_argument("--data-root", type=Path, default=None)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("search", help="Optuna search over the filter coefficients on a proxy (or on the original "
+                                      "graph), its pick trained on the original graph")
+    p.add_argument("proxy", type=Path, nargs="?", default=None, metavar="PROXY_DIR",
+                   help="a graph proxy from hcdc condense (default: search the original graph)")
+    p.add_argument("--dataset", default="cora", help="the original graph when no proxy is given (default: cora)")
+    p.add_argument("--graph-file", type=Path, default=None, help="a graph .npz instead of --dataset")
+    p.add_argument("--trials", type=int, default=64)
+    p.add_argument("--sampler", default="tpe", help="Optuna sampler: tpe or random")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--batch", type=int, default=16, help="trials trained at once as one stacked model")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per trial")
+    p.add_argument("--out", type=Path, required=True,
+                   help="directory for search.json and the Optuna journal (rerun the command to resume a stopped search)")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in a directory that holds a search")
+    p.add_argument("--no-verify", action="store_true", help="do not train the pick on the original graph")
+    p.add_argument("--data-root", type=Path, default=None)
+    p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("plot", help="figures: architecture rankings of an image table, or a proxy's images")
     figures = p.add_subparsers(dest="figure", required=True)
