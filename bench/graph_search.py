@@ -1,0 +1,139 @@
+"""End-to-end search on graph proxies: an Optuna study on each proxy against the same study on the
+whole graph, with the cost of condensing counted.
+
+For each dataset: one Optuna search (``--sampler``, ``--trials`` trials, batches of 16 stacked
+models, :func:`hcdc.graph.search.search_filters`) over the filter coefficients on the whole graph,
+and the same search on the proxy of each method and condensation seed (cached proxies are shared
+with ``bench/graph_table.py``; a cached proxy's condensation time is the one measured when it was
+made). Every pick is trained on the whole graph with the ground truth's protocol (2 seeds) and
+scored by its test accuracy (Perf). All searches of a dataset run in one process, so their times
+are side by side; the time saving is whole-graph search time / (condensation + proxy search).
+
+    OMP_NUM_THREADS=2 python bench/graph_search.py     # → bench/results/graph_search.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from graph_table import cached_proxy  # noqa: E402  (the table's proxy cache)
+
+from hcdc.data import load_dataset  # noqa: E402
+from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol, ground_truth  # noqa: E402
+from hcdc.graph.evaluate import proxy_graphs  # noqa: E402
+from hcdc.graph.report import markdown_table  # noqa: E402
+from hcdc.graph.search import search_filters  # noqa: E402
+from hcdc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
+from hcdc.runinfo import machine_info, package_versions  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def true_test_acc(data, lam: torch.Tensor) -> float:
+    """Test accuracy of ``lam`` trained on the whole graph with the ground truth's protocol (cached)."""
+    return float(ground_truth(data, lam.unsqueeze(0), TrainProtocol(), progress=False).test_acc[0])
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_dataset(name: str, args, protocol: TrainProtocol) -> tuple[dict, list[dict]]:
+    data, space = load_dataset(name), FilterSpace()
+    whole = search_filters(NodeGraph.from_graph_data(data), space, protocol, args.trials, args.sampler, args.seed)
+    reference = {"dataset": name, "search_seconds": whole.seconds, "perf": true_test_acc(data, whole.best),
+                 "best": whole.best.tolist()}
+    print(f"{name} whole graph: {whole.seconds:.0f} s, Perf {reference['perf']:.3f}", file=sys.stderr, flush=True)
+    rows = []
+    for method in args.methods:
+        for ratio in args.ratios:
+            runs = []
+            for seed in args.condense_seeds:
+                proxy, condense_seconds = cached_proxy(data, method, ratio, seed, {})
+                graph, evaluate_on = proxy_graphs(proxy)
+                found = search_filters(graph, space, protocol, args.trials, args.sampler, args.seed,
+                                       evaluate_on=evaluate_on)
+                runs.append({"condense_seed": seed, "condense_seconds": condense_seconds,
+                             "search_seconds": found.seconds, "perf": true_test_acc(data, found.best),
+                             "best": found.best.tolist()})
+            condense, search = (statistics.fmean(r[k] for r in runs) for k in ("condense_seconds", "search_seconds"))
+            perf = _mean_std([r["perf"] for r in runs])
+            per_trial_saving = (whole.seconds - search) / args.trials
+            row = {"dataset": name, "method": method, "r": ratio, "condense_seconds": condense,
+                   "search_seconds": search, "total_seconds": condense + search,
+                   "whole_search_seconds": whole.seconds, "search_speedup": whole.seconds / search,
+                   "time_saving": whole.seconds / (condense + search),
+                   "break_even_trials": condense / per_trial_saving if per_trial_saving > 0 else None,
+                   "perf_mean": perf[0], "perf_std": perf[1], "whole_graph_perf": reference["perf"],
+                   "perf_gap": perf[0] - reference["perf"], "runs": runs}
+            rows.append(row)
+            print(f"{name} {method} r={ratio}: condense {condense:.0f} s + search {search:.0f} s vs {whole.seconds:.0f} s; "
+                  f"Perf {perf[0]:.3f} vs {reference['perf']:.3f}", file=sys.stderr, flush=True)
+    return reference, rows
+
+
+COLUMNS = [("dataset", "dataset", ""), ("method", "method", ""), ("r", "r", ""),
+           ("condense_seconds", "condense s", ".0f"), ("search_seconds", "proxy search s", ".1f"),
+           ("total_seconds", "total s", ".0f"), ("whole_search_seconds", "whole-graph search s", ".0f"),
+           ("search_speedup", "search speed-up", ".1f"), ("time_saving", "whole / total", ".2f"),
+           ("break_even_trials", "break-even trials", ".0f"), ("perf_mean", "Perf", ".3f"), ("perf_std", "±", ".3f"),
+           ("whole_graph_perf", "whole-graph Perf", ".3f"), ("perf_gap", "Perf − whole", "+.3f")]
+
+
+def to_markdown(result: dict) -> str:
+    return "\n".join([
+        f"# Optuna search on graph proxies vs on the whole graph ({result['trials']} {result['sampler']} trials)", "",
+        f"Command: `{result['command']}`  ", f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} "
+        f"cores, {result['machine'].get('torch_threads')} torch threads; torch {result['versions']['torch']}.", "",
+        markdown_table(result["rows"], COLUMNS), "",
+        "Each search: the same Optuna study (sampler seed fixed, batches of 16 configurations trained as one stacked "
+        f"model, {result['train_seeds']} training seed(s) per trial) minimising the validation loss, on the proxy of each "
+        "condensation seed and on the whole graph; proxy columns are means over condensation seeds "
+        f"({', '.join(map(str, result['condense_seeds']))}). Perf: test accuracy of the pick trained on the whole graph "
+        "(2 seeds). whole / total: whole-graph search time over condensation plus proxy search (above 1: the proxy "
+        "saves time); break-even trials: the study size beyond which it does.", ""])
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
+    parser.add_argument("--methods", nargs="+", default=["random", "hcdc"])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.5])
+    parser.add_argument("--condense-seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=128)
+    parser.add_argument("--sampler", default="tpe")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed")
+    parser.add_argument("--train-seeds", type=int, default=1, help="training seeds per trial")
+    parser.add_argument("--name", default="graph_search")
+    args = parser.parse_args(argv)
+    command = "python bench/graph_search.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    protocol = TrainProtocol(seeds=tuple(range(args.train_seeds)))
+    result = {"command": command, "trials": args.trials, "sampler": args.sampler, "seed": args.seed,
+              "train_seeds": args.train_seeds, "condense_seeds": args.condense_seeds, "machine": machine_info(),
+              "versions": package_versions(), "whole_graph": [], "rows": [], "complete": False}
+    for name in args.datasets:
+        reference, rows = run_dataset(name, args, protocol)
+        result["whole_graph"].append(reference)
+        result["rows"] += rows
+        write(result, args.name)
+    result["complete"] = True
+    write(result, args.name)
+    print(to_markdown(result))
+    return result
+
+
+def write(result: dict, name: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"{name}.json", result)
+    atomic_write_bytes(RESULTS / f"{name}.md", to_markdown(result).encode())
+
+
+if __name__ == "__main__":
+    main()
