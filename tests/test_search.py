@@ -13,6 +13,7 @@ from hcdc.errors import ConfigError
 from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol
 from hcdc.graph import search as S
 from hcdc.graph.train import ConfigScores, score_configs
+from conftest import load_bench
 from test_graph_track import _run, _sbm, _write_graph
 
 PROTOCOL = TrainProtocol(epochs=30, seeds=(0,))
@@ -103,3 +104,16 @@ def test_search_cli_on_a_proxy_writes_its_record_and_refuses_bad_input(tmp_path,
         code, err = _run(capsys, "search", *args, "--out", target)
         assert code == 2 and word in err and "Traceback" not in err
         assert not target.exists()
+
+
+def test_search_bench_compares_proxy_and_whole_graph_studies(tmp_path, monkeypatch):
+    bench = load_bench("graph_search")
+    monkeypatch.setenv("HCDC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(bench, "load_dataset", lambda name: _sbm())
+    result = bench.main(["--datasets", "sbm", "--methods", "random", "--condense-seeds", "0", "1", "--trials", "4"])
+    (row,) = result["rows"]
+    assert row["time_saving"] == pytest.approx(row["whole_search_seconds"] / (row["condense_seconds"] + row["search_seconds"]))
+    assert [r["condense_seed"] for r in row["runs"]] == [0, 1] and all(0 <= r["perf"] <= 1 for r in row["runs"])
+    assert row["whole_graph_perf"] == result["whole_graph"][0]["perf"] and result["complete"]
+    assert "| sbm | random | 0.5 |" in (tmp_path / "results" / "graph_search.md").read_text()
