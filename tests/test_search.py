@@ -75,6 +75,20 @@ def test_diverging_trials_fail_and_are_never_picked(graph, monkeypatch):
         S.search_filters(graph, FilterSpace(), PROTOCOL, trials=3, sampler="random", progress=False)
 
 
+def test_finalists_are_the_best_trials_retrained_and_the_pick_has_the_best_validation_accuracy(graph):
+    found = S.search_filters(graph, FilterSpace(), PROTOCOL, trials=8, sampler="random", batch=8, progress=False)
+    found.val_loss[found.val_loss.argsort()[1]] = math.inf  # a failed trial is never a finalist
+    final = S.retrain_finalists(graph, found, 4, PROTOCOL)
+    order = [i for i in found.val_loss.argsort().tolist() if math.isfinite(found.val_loss[i])][:4]
+    assert torch.equal(final.lam, found.lam[order])
+    truth = score_configs(graph, final.lam, PROTOCOL)
+    assert torch.allclose(final.val_acc, truth.val_acc) and torch.allclose(final.test_acc, truth.test_acc)
+    assert final.val_acc[final.pick] == final.val_acc.max() and final.pick == int(torch.argmax(final.val_acc))
+    assert len(S.retrain_finalists(graph, found, 50, PROTOCOL).lam) == 7
+    with pytest.raises(ConfigError, match="finalists"):
+        S.retrain_finalists(graph, found, 0)
+
+
 def test_bad_settings_are_config_errors(graph):
     with pytest.raises(ConfigError, match="unknown sampler 'grid'.*random, tpe"):
         S.make_sampler("grid", 0)
@@ -95,10 +109,11 @@ def test_search_cli_on_a_proxy_writes_its_record_and_refuses_bad_input(tmp_path,
     assert record["config"]["method"] == "random" and record["seed"] == 0 and "versions" in record
     results = record["results"]
     assert len(results["trials"]["lam"]) == 6 and results["best"] in results["trials"]["lam"]
-    assert 0 <= results["original_graph"]["test_acc"] <= 1 and set(record["timings"]) == {"search", "verify"}
+    assert 0 <= results["original_graph"]["test_acc_of_pick"] <= 1 and set(record["timings"]) == {"search", "finalists"}
+    assert results["original_graph"]["best"] == results["best"]  # one finalist: the search's best
     code, err = _run(capsys, "search", proxy, "--trials", "6", "--out", out)
     assert code == 2 and "finished search" in err
-    for args, word in [(["--trials", "0"], "--trials"), (["--sampler", "grid"], "grid"),
+    for args, word in [(["--trials", "0"], "--trials"), (["--finalists", "-1"], "--finalists"), (["--sampler", "grid"], "grid"),
                        ([tmp_path / "no-proxy"], "no-proxy"), (["--dataset", "imagenet"], "imagenet")]:
         target = tmp_path / "bad"
         code, err = _run(capsys, "search", *args, "--out", target)
@@ -111,9 +126,13 @@ def test_search_bench_compares_proxy_and_whole_graph_studies(tmp_path, monkeypat
     monkeypatch.setenv("HCDC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(bench, "load_dataset", lambda name: _sbm())
-    result = bench.main(["--datasets", "sbm", "--methods", "random", "--condense-seeds", "0", "1", "--trials", "4"])
+    result = bench.main(["--datasets", "sbm", "--methods", "random", "--condense-seeds", "0", "1", "--trials", "6",
+                         "--finalists", "3"])
     (row,) = result["rows"]
-    assert row["time_saving"] == pytest.approx(row["whole_search_seconds"] / (row["condense_seconds"] + row["search_seconds"]))
+    total = row["condense_seconds"] + row["search_seconds"] + row["finalists_seconds"]
+    assert row["total_seconds"] == pytest.approx(total) and row["time_saving"] == pytest.approx(row["whole_total_seconds"] / total)
     assert [r["condense_seed"] for r in row["runs"]] == [0, 1] and all(0 <= r["perf"] <= 1 for r in row["runs"])
-    assert row["whole_graph_perf"] == result["whole_graph"][0]["perf"] and result["complete"]
+    whole = result["whole_graph"][0]
+    assert row["whole_graph_perf"] == whole["perf"] and row["whole_graph_perf_top1"] == whole["perf_top1"]
+    assert result["complete"] and result["finalists"] == 3
     assert "| sbm | random | 0.5 |" in (tmp_path / "results" / "graph_search.md").read_text()

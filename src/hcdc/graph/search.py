@@ -130,3 +130,33 @@ def search_filters(graph: NodeGraph, space: FilterSpace, protocol: TrainProtocol
     loss = torch.tensor([t.value if t.state == optuna.trial.TrialState.COMPLETE else math.inf for t in done])
     best = int(torch.argmin(loss))
     return SearchResult(lam, loss, lam[best], float(loss[best]), time.perf_counter() - start)
+
+
+@dataclass
+class Finalists:
+    """The best trials of a search retrained on the original graph; the pick is the one whose validation
+    accuracy there is highest (ties: the better proxy score), a cheap last step that hedges against a
+    proxy's errors at the top of its ranking."""
+
+    lam: Tensor  # [k, K+1], in the order of the search's validation loss
+    val_acc: Tensor  # [k] on the original graph
+    test_acc: Tensor  # [k]
+    pick: int  # index into lam
+    seconds: float  # training and scoring on the original graph
+
+    def as_dict(self) -> dict:
+        return {"lam": self.lam.tolist(), "val_acc": self.val_acc.tolist(), "test_acc": self.test_acc.tolist(),
+                "pick": self.pick, "best": self.lam[self.pick].tolist(), "seconds": self.seconds}
+
+
+def retrain_finalists(graph: NodeGraph, found: SearchResult, k: int,
+                      protocol: TrainProtocol = TrainProtocol()) -> Finalists:
+    """Train the ``k`` best finished trials of ``found`` on ``graph`` (the original graph, with its test
+    nodes) under ``protocol`` (default: the ground truth's) and pick the best by validation accuracy."""
+    if k < 1:
+        raise ConfigError(f"finalists must be >= 1 (got {k})")
+    order = torch.argsort(found.val_loss)[:k]
+    lam = found.lam[order[torch.isfinite(found.val_loss[order])]]
+    scores = score_configs(graph, lam, protocol)
+    return Finalists(lam, scores.val_acc, scores.test_acc, int(torch.argmax(scores.val_acc)), scores.seconds)
+
