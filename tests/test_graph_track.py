@@ -240,11 +240,18 @@ def test_class_without_training_node_is_rejected(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_graph_table_side_by_side_speed_replaces_row_timings(tmp_path, monkeypatch):
-    bench = load_bench("graph_table")
+def bench_on_sbm(name, tmp_path, monkeypatch):
+    """The benchmark script ``bench/<name>.py`` with its results and cache under ``tmp_path`` and every
+    dataset replaced by the small SBM."""
+    bench = load_bench(name)
     monkeypatch.setenv("HCDC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(bench, "load_dataset", lambda name: _sbm())
+    return bench
+
+
+def test_graph_table_side_by_side_speed_replaces_row_timings(tmp_path, monkeypatch):
+    bench = bench_on_sbm("graph_table", tmp_path, monkeypatch)
     common = ["--datasets", "sbm", "--ratios", "0.5", "--methods", "random", "--condense-seeds", "0",
               "--configs", "4", "--train-seeds", "1"]
     table = bench.main(common + ["--name", "table"])

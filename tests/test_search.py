@@ -13,8 +13,7 @@ from hcdc.errors import ConfigError
 from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol
 from hcdc.graph import search as S
 from hcdc.graph.train import ConfigScores, score_configs
-from conftest import load_bench
-from test_graph_track import _run, _sbm, _write_graph
+from test_graph_track import _run, _sbm, _write_graph, bench_on_sbm
 
 PROTOCOL = TrainProtocol(epochs=30, seeds=(0,))
 
@@ -122,10 +121,7 @@ def test_search_cli_on_a_proxy_writes_its_record_and_refuses_bad_input(tmp_path,
 
 
 def test_search_bench_compares_proxy_and_whole_graph_studies(tmp_path, monkeypatch):
-    bench = load_bench("graph_search")
-    monkeypatch.setenv("HCDC_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(bench, "load_dataset", lambda name: _sbm())
+    bench = bench_on_sbm("graph_search", tmp_path, monkeypatch)
     result = bench.main(["--datasets", "sbm", "--methods", "random", "--condense-seeds", "0", "1", "--trials", "6",
                          "--finalists", "3"])
     (row,) = result["rows"]
