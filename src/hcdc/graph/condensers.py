@@ -281,19 +281,22 @@ def _pge(params: dict[str, Tensor], x: Tensor, stats: BatchStats | None = None) 
     are sums of per-node ones), so memory is O(n²·hidden).
     """
     a, b = x @ params["u"], x @ params["v"]
-    used = []
-    for k in range(sum(name.startswith("scale") for name in params)):
-        if k == 0:
-            mean, var = a.mean(0) + b.mean(0), a.var(0, unbiased=False) + b.var(0, unbiased=False)
-        else:
-            pre = h @ params[f"w{k}"]
-            mean, var = pre.mean((0, 1)), pre.var((0, 1), unbiased=False)
+    used: BatchStats = []
+
+    def normalize(k: int, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+        """Batch norm k as (scale, shift), with the frozen statistics when given."""
         if stats is not None:
             mean, var = stats[k]
         used.append((mean.detach(), var.detach()))
-        s = params[f"scale{k}"] / torch.sqrt(var + 1e-5)
-        shift = params[f"shift{k}"] - mean * s
-        h = torch.relu((a * s).unsqueeze(1) + (b * s + shift).unsqueeze(0)) if k == 0 else torch.relu(pre * s + shift)
+        scale = params[f"scale{k}"] / torch.sqrt(var + 1e-5)
+        return scale, params[f"shift{k}"] - mean * scale
+
+    scale, shift = normalize(0, a.mean(0) + b.mean(0), a.var(0, unbiased=False) + b.var(0, unbiased=False))
+    h = torch.relu((a * scale).unsqueeze(1) + (b * scale + shift).unsqueeze(0))
+    for k in range(1, sum(name.startswith("scale") for name in params)):
+        pre = h @ params[f"w{k}"]
+        scale, shift = normalize(k, pre.mean((0, 1)), pre.var((0, 1), unbiased=False))
+        h = torch.relu(pre * scale + shift)
     score = (h @ params["out"]).squeeze(-1) + params["b_out"]
     adj = torch.sigmoid((score + score.T) / 2)
     return adj * (1 - torch.eye(x.shape[0], dtype=adj.dtype)), used
