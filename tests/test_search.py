@@ -118,6 +118,13 @@ def test_search_cli_on_a_proxy_writes_its_record_and_refuses_bad_input(tmp_path,
         code, err = _run(capsys, "search", *args, "--out", target)
         assert code == 2 and word in err and "Traceback" not in err
         assert not target.exists()
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "study.journal").write_text("{not json\n")
+    for target, word in [(tmp_path / "a-file", "is a file"), (tmp_path / "damaged", "study journal")]:
+        code, err = _run(capsys, "search", proxy, "--trials", "4", "--out", target)
+        assert code == 2 and word in err and "Traceback" not in err
+    assert not (tmp_path / "damaged" / "search.json").exists()
 
 
 def test_search_bench_compares_proxy_and_whole_graph_studies(tmp_path, monkeypatch):

@@ -132,6 +132,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.trials < 1 or args.batch < 1 or args.seeds < 1 or args.finalists < 0:
         raise ConfigError(f"--trials, --batch and --seeds must be >= 1 and --finalists >= 0 (got {args.trials}, "
                           f"{args.batch}, {args.seeds}, {args.finalists})")
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a directory")
     result_file, journal = args.out / "search.json", args.out / "study.journal"
     if result_file.exists() and not args.overwrite:
         raise ConfigError(f"{args.out} already holds a finished search (pass --overwrite to start afresh)")

@@ -71,8 +71,11 @@ def _open_study(config: dict, journal: str | Path | None) -> optuna.Study:
         from optuna.storages.journal import JournalFileBackend
 
         storage = JournalStorage(JournalFileBackend(str(journal)))
-    study = optuna.create_study(study_name="hcdc-filter-search", storage=storage, load_if_exists=True,
-                                direction="minimize", sampler=make_sampler(config["sampler"], config["seed"]))
+    try:
+        study = optuna.create_study(study_name="hcdc-filter-search", storage=storage, load_if_exists=True,
+                                    direction="minimize", sampler=make_sampler(config["sampler"], config["seed"]))
+    except (ValueError, KeyError, TypeError) as exc:  # a damaged journal (JSONDecodeError is a ValueError)
+        raise ConfigError(f"cannot read the study journal {journal}: {exc}; remove it to start afresh") from None
     kept = study.user_attrs.get("config")
     if kept is None:
         study.set_user_attr("config", config)
