@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from graph_table import cached_proxy  # noqa: E402  (the table's proxy cache)
+from graph_table import _mean_std, break_even, cached_proxy  # noqa: E402  (the table's proxy cache and helpers)
 
 from hcdc.data import load_dataset  # noqa: E402
 from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol  # noqa: E402
@@ -42,10 +42,6 @@ def retrained(whole_graph: NodeGraph, found, k: int) -> dict:
     final = retrain_finalists(whole_graph, found, k)
     return {"perf_top1": float(final.test_acc[0]), "perf": float(final.test_acc[final.pick]),
             "finalists_seconds": final.seconds, "best": found.best.tolist(), "pick": final.lam[final.pick].tolist()}
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def run_dataset(name: str, args, protocol: TrainProtocol) -> tuple[dict, list[dict]]:
@@ -71,12 +67,12 @@ def run_dataset(name: str, args, protocol: TrainProtocol) -> tuple[dict, list[di
                     for k in ("condense_seconds", "search_seconds", "finalists_seconds")}
             total = sum(mean.values())
             top1, perf = _mean_std([r["perf_top1"] for r in runs]), _mean_std([r["perf"] for r in runs])
-            per_trial_saving = (whole.seconds - mean["search_seconds"]) / args.trials
-            fixed = mean["condense_seconds"] + mean["finalists_seconds"] - reference["finalists_seconds"]
+            extra = mean["condense_seconds"] + mean["finalists_seconds"] - reference["finalists_seconds"]
             row = {"dataset": name, "method": method, "r": ratio, **mean, "total_seconds": total,
                    "whole_total_seconds": reference["total_seconds"], "search_speedup": whole.seconds / mean["search_seconds"],
                    "time_saving": reference["total_seconds"] / total,
-                   "break_even_trials": max(fixed, 0.0) / per_trial_saving if per_trial_saving > 0 else None,
+                   "break_even_trials": break_even(max(extra, 0.0), whole.seconds / args.trials,
+                                                   mean["search_seconds"] / args.trials),
                    "perf_top1_mean": top1[0], "perf_top1_std": top1[1], "whole_graph_perf_top1": reference["perf_top1"],
                    "perf_mean": perf[0], "perf_std": perf[1], "whole_graph_perf": reference["perf"], "runs": runs}
             rows.append(row)

@@ -16,13 +16,14 @@ protocol), so ``--proxy-seeds N`` trains each architecture under seeds 0..N-1 in
 protocol's; proxies with the same training part (DC and HCDC at one condensation seed) are scored on
 the very same networks, so their columns differ only by the validation part.
 
-    OMP_NUM_THREADS=2 python bench/image_val_part.py image_table_cpu dc:0 hcdc:0 --proxy-seeds 6
+    OMP_NUM_THREADS=2 python bench/image_val_part.py image_table_cpu dc:0 hcdc:0 dc:1 hcdc:1 --proxy-seeds 6
     # → bench/results/image_val_part_cpu.{json,md}
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import shlex
@@ -69,6 +70,14 @@ def train_networks(archs, x: torch.Tensor, y: torch.Tensor, protocol: ImageProto
             for j, arch in enumerate(tqdm(archs, desc=label, unit="arch")) for s in seeds}
 
 
+@functools.lru_cache(maxsize=2)
+def real_validation(dataset: str, protocol: ImageProtocol, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` real validation images per class of ``dataset`` under ``protocol`` (loaded once per run)."""
+    data = prepare_data(load_dataset(dataset), protocol)
+    pick = class_subset(data.y_val, per_class, data.num_classes, seed=0)
+    return data.normalized("val")[pick], data.y_val[pick]
+
+
 def diagnose(table: dict, method: str, seed: int, real_val: int, proxy_seeds: int | None = None,
              networks: dict | None = None) -> dict:
     """Rank the table's architectures trained on one proxy's training part by its validation part and by
@@ -87,9 +96,7 @@ def diagnose(table: dict, method: str, seed: int, real_val: int, proxy_seeds: in
                           f"{method} --seeds {seed} --name SCRATCH` (same data, options and seed)")
     proxy = load_proxy(proxy_dir)
     protocol = ImageProtocol(**table["protocol"])
-    data = prepare_data(load_dataset(table["dataset"]), protocol)
-    pick = class_subset(data.y_val, real_val, data.num_classes, seed=0)
-    x_real, y_real = data.normalized("val")[pick], data.y_val[pick]
+    x_real, y_real = real_validation(table["dataset"], protocol, real_val)
     x, y = proxy_images(proxy, protocol)
     train, val = proxy.tensors["train_mask"], proxy.tensors["val_mask"]
     archs = [Architecture.parse(a) for a in table["architectures"]]
@@ -106,7 +113,7 @@ def diagnose(table: dict, method: str, seed: int, real_val: int, proxy_seeds: in
             on_proxy[i, j] = score_architecture(arch, params, x[val], y[val], protocol)["acc"]
             on_real[i, j] = score_architecture(arch, params, x_real, y_real, protocol)["acc"]
     true = np.asarray(table["true_val_acc"])
-    return {"method": method, "seed": seed, "proxy_seeds": list(seeds), "proxy_val_images": int(val.sum()), "real_val_images": len(pick),
+    return {"method": method, "seed": seed, "proxy_seeds": list(seeds), "proxy_val_images": int(val.sum()), "real_val_images": len(y_real),
             "proxy_val": ranking(on_proxy, true), "real_val": ranking(on_real, true),
             "seconds": time.perf_counter() - start}
 
@@ -120,7 +127,7 @@ COLUMNS = [("method", "method", ""), ("seed", "seed", ""), ("networks", "trainin
 
 def flat(row: dict) -> dict:
     out = {k: row[k] for k in ("method", "seed", "proxy_val_images", "real_val_images")}
-    out["networks"] = len(row.get("proxy_seeds", row["proxy_val"]["spearman_per_seed"]))
+    out["networks"] = len(row["proxy_seeds"])
     for side, name in (("proxy_val", "proxy"), ("real_val", "real")):
         out[f"{name}_of_mean"] = row[side]["spearman_of_mean"]
         out[f"{name}_per_seed"] = " ".join(f"{v:.2f}" for v in row[side]["spearman_per_seed"])

@@ -164,11 +164,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.finalists > 0:  # the best trials trained on the original graph, as the user would
         final = retrain_finalists(NodeGraph.from_graph_data(data), found, args.finalists)
         timings["finalists"] = final.seconds
-        results["original_graph"] = {**final.as_dict(), "val_acc_of_pick": float(final.val_acc[final.pick]),
-                                     "test_acc_of_pick": float(final.test_acc[final.pick])}
-        lam = ", ".join(f"{v:+.3f}" for v in final.lam[final.pick].tolist())
+        picked = results["original_graph"] = final.as_dict()
+        lam = ", ".join(f"{v:+.3f}" for v in picked["best"])
         print(f"  {len(final.lam)} best trial(s) trained on {data.name}: pick λ = [{lam}], validation accuracy "
-              f"{100 * float(final.val_acc[final.pick]):.1f} %, test accuracy {100 * float(final.test_acc[final.pick]):.1f} %")
+              f"{100 * picked['val_acc_of_pick']:.1f} %, test accuracy {100 * picked['test_acc_of_pick']:.1f} %")
     record = run_record({**target, "trials": args.trials, "sampler": args.sampler, "batch": args.batch,
                          "training_seeds": args.seeds, "space": space.__dict__, "protocol": protocol.as_dict()},
                         args.seed, timings)

@@ -50,9 +50,15 @@ class SearchResult:
 
     lam: Tensor  # [trials, K+1]
     val_loss: Tensor  # [trials]; inf for a failed (non-finite) trial
-    best: Tensor  # [K+1]
-    best_val_loss: float
     seconds: float  # wall time of this call (for a resumed study, only the part run now)
+
+    @property
+    def best(self) -> Tensor:
+        return self.lam[int(torch.argmin(self.val_loss))]
+
+    @property
+    def best_val_loss(self) -> float:
+        return float(self.val_loss.min())
 
     def as_dict(self) -> dict:
         return {"lam": self.lam.tolist(), "val_loss": [v if math.isfinite(v) else None for v in self.val_loss.tolist()],
@@ -105,7 +111,7 @@ def search_filters(graph: NodeGraph, space: FilterSpace, protocol: TrainProtocol
     study = _open_study({"sampler": sampler, "seed": seed, "batch": batch, "space": asdict(space),
                          "protocol": protocol.as_dict(), **(context or {})}, journal)
     # trials an interrupted run had asked but not told: score them first (their λ is in the study)
-    pending = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))]
+    pending = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     for t in [t for t in pending if set(t.params) != set(names)]:  # stopped between ask and suggest
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     queue = [(t.number, [t.params[n] for n in names]) for t in pending if set(t.params) == set(names)]
@@ -131,8 +137,7 @@ def search_filters(graph: NodeGraph, space: FilterSpace, protocol: TrainProtocol
         raise ConfigError("every trial of the search diverged (non-finite validation loss)")
     lam = torch.tensor([[t.params[n] for n in names] for t in done])
     loss = torch.tensor([t.value if t.state == optuna.trial.TrialState.COMPLETE else math.inf for t in done])
-    best = int(torch.argmin(loss))
-    return SearchResult(lam, loss, lam[best], float(loss[best]), time.perf_counter() - start)
+    return SearchResult(lam, loss, time.perf_counter() - start)
 
 
 @dataclass
@@ -149,7 +154,8 @@ class Finalists:
 
     def as_dict(self) -> dict:
         return {"lam": self.lam.tolist(), "val_acc": self.val_acc.tolist(), "test_acc": self.test_acc.tolist(),
-                "pick": self.pick, "best": self.lam[self.pick].tolist(), "seconds": self.seconds}
+                "pick": self.pick, "best": self.lam[self.pick].tolist(), "val_acc_of_pick": float(self.val_acc[self.pick]),
+                "test_acc_of_pick": float(self.test_acc[self.pick]), "seconds": self.seconds}
 
 
 def retrain_finalists(graph: NodeGraph, found: SearchResult, k: int,
