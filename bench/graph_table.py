@@ -44,15 +44,33 @@ PAPER = {("cora", 0.25): 0.80, ("cora", 0.5): 0.85, ("cora", 1.0): 0.90,
          ("citeseer", 0.25): 0.79, ("citeseer", 0.5): 0.83, ("citeseer", 1.0): 0.89}
 
 
+def method_spec(spec: str) -> tuple[str, dict]:
+    """A table method: a condenser name, optionally with options, ``hcdc:feature_columns=256,repeats=2``."""
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"method {spec!r}: options are key=value, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return name, options
+
+
 def cached_proxy(data, method: str, ratio: float, seed: int, options: dict):
-    """Condense (or reuse a cached proxy of) ``data``; returns (proxy, condensation seconds)."""
-    resolved = make_condenser(method, **options).options  # defaults included: a change of defaults is a new entry
-    key = hashlib.sha256(json.dumps([data.name, method, ratio, seed, resolved], sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir() / "proxies" / f"{data.name.lower()}-{method}-{ratio}-{seed}-{key}"
+    """Condense (or reuse a cached proxy of) ``data`` with the table method ``method`` (see :func:`method_spec`)
+    and extra ``options``; returns (proxy, condensation seconds)."""
+    name, spec_options = method_spec(method)
+    options = {**spec_options, **options}
+    resolved = make_condenser(name, **options).options  # defaults included: a change of defaults is a new entry
+    key = hashlib.sha256(json.dumps([data.name, name, ratio, seed, resolved], sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir() / "proxies" / f"{data.name.lower()}-{name}-{ratio}-{seed}-{key}"
     if (path / "meta.json").exists():
         proxy = load_proxy(path)
     else:
-        proxy = make_condenser(method, **options).condense(data, ratio, seed, progress=True)
+        proxy = make_condenser(name, **options).condense(data, ratio, seed, progress=True)
         save_proxy(proxy, path, overwrite=True)
     return proxy, sum(proxy.meta["timings"].values())
 
@@ -251,7 +269,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("--ratios", nargs="+", type=float, default=RATIOS)
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--methods", nargs="+", default=METHODS,
+                        help="condensers, each optionally with options: hcdc:feature_columns=256")
     parser.add_argument("--condense-seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--configs", type=int, default=80)
     parser.add_argument("--config-seed", type=int, default=0)

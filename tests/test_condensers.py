@@ -17,9 +17,11 @@ from hcdc.graph.condensers import (
     GraphCondenser,
     _class_gradients,
     _init_pge,
+    _initial_features,
     _pge,
     _real_class_gradients,
     class_counts,
+    feature_support,
     make_condenser,
     proxy_sizes,
     register_condenser,
@@ -227,6 +229,30 @@ def test_gcond_is_deterministic(sbm, tiny_gcond):
     assert torch.equal(again.x, tiny_gcond.x) and torch.equal(again.adj, tiny_gcond.adj)
     assert again.history == tiny_gcond.history
     assert not torch.equal(other.x, tiny_gcond.x)
+
+
+def test_feature_support_keeps_the_columns_used_by_the_most_nodes():
+    x = torch.tensor([[1.0, 0, 2, 0, 0], [0, 0, 1, 3, 1], [1, 0, 0, 1, 0], [0, 0, 0, 1, 0]])  # used by 2, 0, 2, 3, 1
+    assert feature_support(x, 2).tolist() == [0, 3]  # ties go to the lower index
+    assert feature_support(x, 3).tolist() == [0, 2, 3]
+    assert feature_support(x, 0) is None and feature_support(x, 5) is None
+
+
+def test_gcond_on_a_feature_support_learns_those_columns_only(sbm):
+    counts = class_counts(sbm.y[sbm.train_mask], 30, sbm.num_classes)
+    x_real = row_normalize(sbm.x)
+    columns = feature_support(x_real, 12)
+    result = synthesize_gcond(sbm, counts, seed=0, **TINY_GCOND, feature_columns=12)
+    outside = torch.ones(sbm.num_features, dtype=torch.bool)
+    outside[columns] = False
+    assert (result.x[:, outside] == 0).all()
+    start = _initial_features(x_real, sbm.y, sbm.train_mask, counts, torch.Generator().manual_seed(0))
+    assert (result.x[:, columns] - start[:, columns]).abs().max() > 1e-3  # the kept columns were learned
+    frozen = synthesize_gcond(sbm, counts, seed=0, **{**TINY_GCOND, "lr_feat": 1e-12, "lr_adj": 1e-12},
+                              feature_columns=12)
+    assert sum(result.history[-4:]) < sum(frozen.history[-4:])
+    with pytest.raises(ConfigError, match="feature_columns"):
+        synthesize_gcond(sbm, counts, seed=0, **TINY_GCOND, feature_columns=-1)
 
 
 def test_gcond_rejects_bad_counts_and_options(sbm):

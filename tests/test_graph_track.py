@@ -9,12 +9,14 @@ import torch
 from hcdc.artifacts import load_proxy
 from hcdc.cli import main
 from hcdc.data.graph import GraphData
+from hcdc.errors import ConfigError
 from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol, ground_truth, make_condenser
+from hcdc.graph.condensers import feature_support
 from hcdc.graph.evaluate import evaluate_proxy, proxy_graph, proxy_graphs
 from hcdc.graph.calibrate import CalibrationConfig, alignment_loss, fit_validation, trajectory_points
 from hcdc.graph.hpo import HPOConfig, hypergradient_hpo
 from hcdc.graph.problem import FilterProblem
-from hcdc.graph.train import score_configs, stacked_logits, train_stacked
+from hcdc.graph.train import _masked_ce, drop_unused_columns, score_configs, stacked_logits, train_stacked
 from hcdc.data.graph import row_normalize
 from hcdc.models import polyfilter
 from conftest import load_bench
@@ -47,6 +49,31 @@ def test_stacked_training_equals_separate_training():
     for c in range(3):
         alone = stacked_logits(train_stacked(graph, lam[c : c + 1], protocol, 0), lam[c : c + 1], graph)
         assert torch.allclose(together[:, c], alone[:, 0], atol=1e-4)
+
+
+def test_unused_feature_columns_are_dropped_without_changing_the_scores():
+    data = _sbm()
+    x = row_normalize(data.x)
+    x[:, 5:12] = 0  # a proxy whose features live on 13 of the 20 input columns
+    graph = NodeGraph.from_dense(x, data.induced_adjacency(torch.arange(data.num_nodes)), data.y, data.train_mask,
+                                 data.val_mask, data.num_classes)
+    pruned, same = drop_unused_columns(graph, graph)
+    assert same is pruned and pruned.x.shape == (data.num_nodes, 13) and pruned.num_features == 20
+    lam = FilterSpace().sample(4, seed=3)
+    protocol = TrainProtocol(epochs=25, seeds=(0,), hidden=8)
+    full = stacked_logits(train_stacked(graph, lam, protocol, 0), lam, graph)  # all 20 rows of W1 trained
+    scores = score_configs(graph, lam, protocol)
+    assert torch.allclose(scores.val_loss, _masked_ce(full, data.y, data.val_mask), atol=1e-5)
+    # a column used by the scored graph alone is kept
+    other = NodeGraph.from_dense(row_normalize(data.x), graph.propagate.matrix, data.y, data.train_mask,
+                                 data.val_mask, data.num_classes)
+    assert drop_unused_columns(graph, other) == (graph, other)
+    # sparse (bag-of-words) features: the same numbers bit for bit
+    data.x[:, 3] = 0
+    whole = NodeGraph.from_graph_data(data)
+    assert drop_unused_columns(whole, whole)[0].x.shape == (data.num_nodes, 19)
+    full = stacked_logits(train_stacked(whole, lam, protocol, 0), lam, whole)
+    assert torch.equal(score_configs(whole, lam, protocol).val_loss, _masked_ce(full, data.y, data.val_mask))
 
 
 def test_ground_truth_is_cached_and_merged(tmp_path):
@@ -109,6 +136,28 @@ def test_hcdc_proxy_is_block_diagonal_and_deterministic(train_method):
     assert len(a.meta["alignment_history"]) == 3 and all(np.isfinite(a.meta["alignment_history"]))
     ev = evaluate_proxy(a, data, FilterSpace().sample(6, 0), TrainProtocol(epochs=10, seeds=(0,), hidden=8))
     assert -1 <= ev.report["spearman"] <= 1
+
+
+@pytest.mark.parametrize("train_method", ["random", "gcond"])
+def test_hcdc_features_live_on_the_feature_support(train_method):
+    data = _sbm()
+    opts = dict(train_method=train_method, feature_columns=6, candidates=1, repeats=1, epochs=8, warmup=4,
+                align_every=4, hidden=8, val_steps=3, lr_features=1e-2,
+                gcond={"epochs": 2, "outer_loops": 2, "inner_loops": 1, "hidden": 16})
+    proxy = make_condenser("hcdc", **opts).condense(data, 0.5, seed=0)
+    x = proxy.tensors["x"]
+    used = (x != 0).any(0).nonzero().flatten()
+    assert set(used.tolist()) <= set(feature_support(row_normalize(data.x), 6).tolist())
+    assert (x[proxy.tensors["val_mask"]] != 0).any(0).sum() > 0
+    train_graph, score_graph = proxy_graphs(proxy)
+    assert drop_unused_columns(train_graph, score_graph)[0].x.shape[1] == len(used)
+
+
+@pytest.mark.parametrize("options", [{"feature_columns": -1}, {"feature_columns": 1.5},
+                                     {"gcond": {"feature_columns": 8}}])
+def test_hcdc_rejects_bad_feature_columns(options):
+    with pytest.raises(ConfigError, match="feature_columns"):
+        make_condenser("hcdc", **options)
 
 
 def test_block_diagonal_proxy_trains_on_its_training_block_alone():
@@ -272,3 +321,12 @@ def test_graph_table_side_by_side_speed_replaces_row_timings(tmp_path, monkeypat
     assert all(-1 <= v <= 1 for v in merged["loss_ceiling"]["sbm"])
     assert "side by side" not in (tmp_path / "results" / "table.md").read_text()
     assert "alternated 2 times" in (tmp_path / "results" / "merged.md").read_text()
+
+
+def test_graph_table_methods_carry_condenser_options():
+    bench = load_bench("graph_table")
+    assert bench.method_spec("hcdc") == ("hcdc", {})
+    assert bench.method_spec("hcdc:feature_columns=256,train_method=random") == (
+        "hcdc", {"feature_columns": 256, "train_method": "random"})
+    with pytest.raises(SystemExit, match="key=value"):
+        bench.method_spec("hcdc:feature_columns")

@@ -42,9 +42,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..data.graph import GraphData, row_normalize
+from ..data.graph import GraphData
 from ..hypergrad import BestResponse, hypergradient
 from ..models import polyfilter
+from .condensers import on_columns, support_features
 from .problem import FilterProblem, trainable
 from .space import FilterSpace, TrainProtocol
 
@@ -164,8 +165,10 @@ def calibrate_validation(
     config: CalibrationConfig,
     seed: int,
     progress: bool = False,
+    columns: Tensor | None = None,
 ) -> CalibrationResult:
-    """Learn the synthetic validation nodes of an HCDC graph proxy (see the module docstring)."""
+    """Learn the synthetic validation nodes of an HCDC graph proxy (see the module docstring);
+    with ``columns``, their features live on those input columns and are zero elsewhere."""
     start = time.perf_counter()
     g = torch.Generator().manual_seed(int(seed))
     real = FilterProblem.from_graph_data(data)
@@ -174,13 +177,13 @@ def calibrate_validation(
 
     y_val = torch.cat([torch.full((int(n),), c, dtype=torch.long) for c, n in enumerate(n_val_per_class)])
     init_nodes = initial_validation_nodes(data, n_val_per_class, g)
-    x_val = row_normalize(data.x)[init_nodes].clone().requires_grad_(True)
+    x_learned = support_features(data, columns)[init_nodes].clone().requires_grad_(True)
     adj_val = data.induced_adjacency(init_nodes, hops=config.val_hops)
     val_op = polyfilter.DenseOperator.from_adjacency(adj_val)
-    opt_val = torch.optim.Adam([x_val], lr=config.lr_features)
+    opt_val = torch.optim.Adam([x_learned], lr=config.lr_features)
 
     def syn_val_loss(p, lam):
-        return F.cross_entropy(polyfilter.logits(p, lam, x_val, val_op), y_val)
+        return F.cross_entropy(polyfilter.logits(p, lam, on_columns(x_learned, columns, data.num_features), val_op), y_val)
 
     candidates = space.sample(config.candidates, seed=10_000 + seed)
     points: list[AlignmentPoint] = []
@@ -195,4 +198,4 @@ def calibrate_validation(
         history += fit_validation(opt_val, points, syn_val_loss, config.val_steps, config.bank_batch, g)
         bar.set_postfix(align=f"{history[0]:.3f}->{history[-1]:.3f}" if history else "-", repeat=rep)
     bar.close()
-    return CalibrationResult(x_val.detach(), adj_val, y_val, history, len(points), time.perf_counter() - start)
+    return CalibrationResult(on_columns(x_learned.detach(), columns, data.num_features), adj_val, y_val, history, len(points), time.perf_counter() - start)

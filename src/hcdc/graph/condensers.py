@@ -193,6 +193,10 @@ class GCondOptions:
     2-layer PGE 64 wide, and a larger adjacency learning rate (3e-2) so the PGE moves from its
     dense start (every A'_ij near 0.5) within 40 adjacency epochs. The features keep GCond's
     1e-4: larger rates lower the matching loss but transfer worse to the real graph.
+
+    ``feature_columns`` > 0 keeps the synthetic features on that many input columns (those of
+    :func:`feature_support`; initialised from real nodes' features row-normalised over them) and
+    zero elsewhere; 0, GCond's own choice, learns every column.
     """
 
     epochs: int = 80
@@ -206,6 +210,7 @@ class GCondOptions:
     feat_epochs: int = 10
     pge_hidden: int = 64
     pge_layers: int = 2
+    feature_columns: int = 0
 
     def __post_init__(self):
         for f in fields(self):
@@ -222,7 +227,7 @@ class GCondOptions:
             raise ConfigError("GCond needs adj_epochs + feat_epochs >= 1")
 
 
-_OPTION_MINIMUM = {"inner_loops": 0, "adj_epochs": 0, "feat_epochs": 0, "pge_layers": 2}
+_OPTION_MINIMUM = {"inner_loops": 0, "adj_epochs": 0, "feat_epochs": 0, "pge_layers": 2, "feature_columns": 0}
 
 
 def _options(options: dict) -> GCondOptions:
@@ -363,6 +368,32 @@ def _real_class_gradients(data: GraphData, x: Tensor) -> Callable[[dict[str, Ten
     return gradients
 
 
+def feature_support(x: Tensor, columns: int) -> Tensor | None:
+    """The ``columns`` input columns non-zero on the most nodes of ``x`` (ties to the lower index), sorted;
+    None when ``columns`` is 0 or covers every column.
+
+    A proxy whose features live on these columns alone is evaluated at a cost that scales with
+    ``columns``, not with the input width (:func:`hcdc.graph.train.drop_unused_columns`). The
+    choice uses the features of every node and no label.
+    """
+    if columns == 0 or columns >= x.shape[1]:
+        return None
+    counts = (x != 0).sum(0)
+    return torch.sort(torch.argsort(counts, descending=True, stable=True)[:columns]).values
+
+
+def support_features(data: GraphData, columns: Tensor | None) -> Tensor:
+    """Row-normalised features of every node on ``columns`` alone ([N, len(columns)]; all of them when None)."""
+    return row_normalize(data.x if columns is None else data.x[:, columns])
+
+
+def on_columns(x: Tensor, columns: Tensor | None, width: int) -> Tensor:
+    """Features given on ``columns`` only, as [n, width] with zeros elsewhere (differentiable in ``x``)."""
+    if columns is None:
+        return x
+    return x.new_zeros(x.shape[0], width).index_copy(1, columns, x)
+
+
 def _initial_features(x_real: Tensor, y_real: Tensor, train_mask: Tensor, counts: Tensor, g: torch.Generator) -> Tensor:
     """Synthetic features of each class drawn from its real training nodes, without repeats while possible.
 
@@ -414,9 +445,10 @@ def synthesize_gcond(data: GraphData, counts: Tensor, seed: int, progress: bool 
     y_syn = torch.repeat_interleave(torch.arange(num_classes), counts)
     groups = F.one_hot(y_syn, num_classes).T / counts.unsqueeze(1)  # [C, n]: per-class mean cross-entropy
 
-    x_syn = _initial_features(x_real, data.y, data.train_mask, counts, g).requires_grad_()
+    columns = feature_support(x_real, opts.feature_columns)
+    x_learned = _initial_features(support_features(data, columns), data.y, data.train_mask, counts, g).requires_grad_()
     pge = _init_pge(data.num_features, opts.pge_hidden, opts.pge_layers, g)
-    opt_feat = torch.optim.Adam([x_syn], lr=opts.lr_feat)
+    opt_feat = torch.optim.Adam([x_learned], lr=opts.lr_feat)
     opt_adj = torch.optim.Adam(pge.values(), lr=opts.lr_adj)
     lam = torch.tensor([0.0, 1.0])  # the GCN filter λ = (0, 1, 0, 0) without its zero tail
     history = []
@@ -425,11 +457,12 @@ def synthesize_gcond(data: GraphData, counts: Tensor, seed: int, progress: bool 
         params = {k: v.requires_grad_() for k, v in init_params(data.num_features, opts.hidden, num_classes, g).items()}
         opt_model = torch.optim.Adam(params.values(), lr=opts.lr_model)
         update_adj = epoch % (opts.adj_epochs + opts.feat_epochs) < opts.adj_epochs
-        target, opt = (list(pge.values()), opt_adj) if update_adj else ([x_syn], opt_feat)
+        target, opt = (list(pge.values()), opt_adj) if update_adj else ([x_learned], opt_feat)
         losses = []
         for step in range(opts.outer_loops):
             with torch.no_grad():
                 g_real = real_gradients(params)
+            x_syn = on_columns(x_learned, columns, data.num_features)
             op = DenseOperator.from_adjacency(_pge(pge, x_syn)[0])
             loss = _match_distance(g_real, _class_gradients(params, op(x_syn), op.matrix, y_syn, groups))
             opt.zero_grad(set_to_none=True)
@@ -449,7 +482,7 @@ def synthesize_gcond(data: GraphData, counts: Tensor, seed: int, progress: bool 
         history.append(sum(losses) / len(losses))
         bar.set_postfix(matching_loss=f"{history[-1]:.4f}")
 
-    x = x_syn.detach().clone()
+    x = on_columns(x_learned.detach(), columns, data.num_features).clone()
     frozen = {k: v.detach() for k, v in pge.items()}
     adjacency_fn = partial(_frozen_pge, frozen, _pge(frozen, x)[1])
     return GCondResult(x, adjacency_fn(x), y_syn, adjacency_fn, time.perf_counter() - start, history)
