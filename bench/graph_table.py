@@ -84,13 +84,16 @@ def seconds_per_config(train_graph, lam, protocol, evaluate_on=None) -> float:
 
 def speed_rows(data, lam, protocol, ratios, methods, seed: int, repeats: int) -> Iterator[dict]:
     """Per-configuration evaluation time on each proxy and on the whole graph, measured side by side:
-    ``repeats`` alternations of (whole graph, proxy) in one process; medians and their ratio."""
+    one untimed warm-up of each, then ``repeats`` alternations of (whole graph, proxy) in one process;
+    medians and their ratio."""
     whole_graph = NodeGraph.from_graph_data(data)
     for ratio in ratios:
         for method in methods:
             proxy, _ = cached_proxy(data, method, ratio, seed, {})
             graphs = proxy_graphs(proxy)
             whole, small = [], []
+            seconds_per_config(whole_graph, lam, protocol)
+            seconds_per_config(graphs[0], lam, protocol, evaluate_on=graphs[1])
             for _ in range(repeats):
                 whole.append(seconds_per_config(whole_graph, lam, protocol))
                 small.append(seconds_per_config(graphs[0], lam, protocol, evaluate_on=graphs[1]))
@@ -98,7 +101,7 @@ def speed_rows(data, lam, protocol, ratios, methods, seed: int, repeats: int) ->
             print(f"speed {data.name} r={ratio} {method}: whole {w * 1e3:.0f} ms, proxy {p * 1e3:.0f} ms, {w / p:.1f}x",
                   file=sys.stderr, flush=True)
             yield {"dataset": data.name.lower(), "method": method, "r": ratio, "proxy_seconds_per_config": p,
-                   "whole_seconds_per_config": w, "eval_speedup": w / p, "repeats": repeats}
+                   "whole_seconds_per_config": w, "eval_speedup": w / p, "repeats": repeats, "warmup": True}
 
 
 def loss_ceiling(gt) -> float:
@@ -197,12 +200,14 @@ def to_markdown(result: dict) -> str:
     if result.get("speed"):
         parts += ["", "Evaluation speed-up: per-configuration time (16 configurations, one training seed) on the "
                   "proxy of the first condensation seed and on the whole graph, alternated "
-                  f"{result['speed'][0]['repeats']} times in one process (medians); the table's speed-up and "
+                  f"{result['speed'][0]['repeats']} times in one process (medians; after one untimed run of "
+                  "each where the warm-up column says so); the table's speed-up and "
                   "break-even columns use these numbers.", "",
                   markdown_table(result["speed"], [
                       ("dataset", "dataset", ""), ("method", "method", ""), ("r", "r", ""),
                       ("proxy_seconds_per_config", "proxy s/config", ".3f"),
-                      ("whole_seconds_per_config", "whole-graph s/config", ".3f"), ("eval_speedup", "speed-up", ".1f")])]
+                      ("whole_seconds_per_config", "whole-graph s/config", ".3f"), ("eval_speedup", "speed-up", ".1f"),
+                      ("warmup", "warm-up", "")])]
     if result.get("parts"):
         parts += ["", "Made by these runs (each row's timings are from its own run):", ""]
         parts += [f"- `{name}`: `{part['command']}` ({part['torch_threads']} torch thread(s))"
