@@ -20,7 +20,7 @@ from dataclasses import asdict
 import torch
 from torch import Tensor
 
-from ..data.graph import GraphData, row_normalize
+from ..data.graph import GraphData
 from ..errors import ConfigError
 from ..artifacts import Proxy
 from .calibrate import CalibrationConfig, calibrate_validation
@@ -83,7 +83,7 @@ class HCDCCondenser(GraphCondenser):
 
     def condense(self, data: GraphData, ratio: float, seed: int, progress: bool = False) -> Proxy:
         n_train, n_val = proxy_sizes(data, ratio)
-        columns = feature_support(row_normalize(data.x), self.options["feature_columns"])
+        columns = feature_support(data.x, self.options["feature_columns"])
         x_tr, adj_tr, y_tr, train_seconds = self._train_set(data, n_train, seed, columns, progress)
         val_counts = class_counts(data.y[data.val_mask], n_val, data.num_classes)
         cal = calibrate_validation(data, x_tr, adj_tr, y_tr, val_counts, self.space, self.protocol,
