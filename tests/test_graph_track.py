@@ -51,6 +51,18 @@ def test_stacked_training_equals_separate_training():
         assert torch.allclose(together[:, c], alone[:, 0], atol=1e-4)
 
 
+def test_multi_tensor_adam_trains_the_same_models_bit_for_bit(monkeypatch):
+    data = _sbm()
+    graph = NodeGraph.from_graph_data(data)
+    lam = FilterSpace().sample(3, seed=1)
+    protocol = TrainProtocol(epochs=15, seeds=(0,), hidden=8)
+    fast = train_stacked(graph, lam, protocol, 0)
+    adam = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda *a, foreach=None, **k: adam(*a, foreach=False, **k))
+    loop = train_stacked(graph, lam, protocol, 0)
+    assert all(torch.equal(fast[k], loop[k]) for k in fast)
+
+
 def test_unused_feature_columns_are_dropped_without_changing_the_scores():
     data = _sbm()
     x = row_normalize(data.x)

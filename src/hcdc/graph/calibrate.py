@@ -180,7 +180,7 @@ def calibrate_validation(
     x_learned = support_features(data, columns)[init_nodes].clone().requires_grad_(True)
     adj_val = data.induced_adjacency(init_nodes, hops=config.val_hops)
     val_op = polyfilter.DenseOperator.from_adjacency(adj_val)
-    opt_val = torch.optim.Adam([x_learned], lr=config.lr_features)
+    opt_val = torch.optim.Adam([x_learned], lr=config.lr_features, foreach=True)
 
     def syn_val_loss(p, lam):
         return F.cross_entropy(polyfilter.logits(p, lam, on_columns(x_learned, columns, data.num_features), val_op), y_val)

@@ -448,14 +448,14 @@ def synthesize_gcond(data: GraphData, counts: Tensor, seed: int, progress: bool 
     columns = feature_support(x_real, opts.feature_columns)
     x_learned = _initial_features(support_features(data, columns), data.y, data.train_mask, counts, g).requires_grad_()
     pge = _init_pge(data.num_features, opts.pge_hidden, opts.pge_layers, g)
-    opt_feat = torch.optim.Adam([x_learned], lr=opts.lr_feat)
-    opt_adj = torch.optim.Adam(pge.values(), lr=opts.lr_adj)
+    opt_feat = torch.optim.Adam([x_learned], lr=opts.lr_feat, foreach=True)
+    opt_adj = torch.optim.Adam(pge.values(), lr=opts.lr_adj, foreach=True)
     lam = torch.tensor([0.0, 1.0])  # the GCN filter λ = (0, 1, 0, 0) without its zero tail
     history = []
     bar = tqdm(range(opts.epochs), desc="GCond", unit="epoch", disable=not progress)
     for epoch in bar:
         params = {k: v.requires_grad_() for k, v in init_params(data.num_features, opts.hidden, num_classes, g).items()}
-        opt_model = torch.optim.Adam(params.values(), lr=opts.lr_model)
+        opt_model = torch.optim.Adam(params.values(), lr=opts.lr_model, foreach=True)
         update_adj = epoch % (opts.adj_epochs + opts.feat_epochs) < opts.adj_epochs
         target, opt = (list(pge.values()), opt_adj) if update_adj else ([x_learned], opt_feat)
         losses = []

@@ -74,4 +74,5 @@ class FilterProblem:
 def trainable(init: dict[str, Tensor], protocol: TrainProtocol):
     """A copy of ``init`` requiring grad and its Adam optimiser under ``protocol``."""
     params = {k: v.clone().requires_grad_(True) for k, v in init.items()}
-    return params, torch.optim.Adam(params.values(), lr=protocol.lr, weight_decay=protocol.weight_decay)
+    return params, torch.optim.Adam(params.values(), lr=protocol.lr, weight_decay=protocol.weight_decay,
+                                    foreach=True)
