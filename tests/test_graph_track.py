@@ -61,6 +61,13 @@ def test_multi_tensor_adam_trains_the_same_models_bit_for_bit(monkeypatch):
     monkeypatch.setattr(torch.optim, "Adam", lambda *a, foreach=None, **k: adam(*a, foreach=False, **k))
     loop = train_stacked(graph, lam, protocol, 0)
     assert all(torch.equal(fast[k], loop[k]) for k in fast)
+    # condensation too: GCond's S_train, the trajectories and the fitted S_val
+    condenser = make_condenser("hcdc", gcond={"epochs": 4}, candidates=1, epochs=30, warmup=10, align_every=10,
+                               val_steps=3, hidden=8)
+    proxy_loop = condenser.condense(data, 0.5, 0)
+    monkeypatch.undo()
+    proxy_fast = condenser.condense(data, 0.5, 0)
+    assert all(torch.equal(proxy_fast.tensors[k], proxy_loop.tensors[k]) for k in proxy_fast.tensors)
 
 
 def test_unused_feature_columns_are_dropped_without_changing_the_scores():
