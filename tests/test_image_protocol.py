@@ -4,6 +4,7 @@ bench/image_table.py's option resolution; tiny images and networks only."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from hcdc.image.protocol import (PROTOCOLS, ImageProtocol, evaluate_image_proxy,
                                  proxy_score, score_architecture, train_architecture)
 from hcdc.image.space import Architecture
 from conftest import load_bench
+from image_toys import toy_images
 from test_data_image import _py2_pickle  # the official batches' Python 2 pickling
 
 TINY = ImageProtocol(C=4, N=1, epochs=4, proxy_epochs=15, batch_size=16, seeds=(0,), num_archs=3, ipc=4)
@@ -377,3 +379,38 @@ def test_val_part_diagnostic_ranks_and_rejects_bad_requests(tmp_path):
     with pytest.raises(ConfigError, match="not in the cache"):
         diag.diagnose(gone, "dc", 0, 10)
     assert not list(tmp_path.glob("image_val_part*"))
+
+
+def test_proxy_noise_diagnostic_measures_seed_agreement_and_its_ceiling(tmp_path, monkeypatch):
+    noise = load_bench("image_proxy_noise")
+    assert noise.spearman_brown(0.5, 3) == pytest.approx(0.75) and noise.spearman_brown(-0.1, 3) == 0.0
+    for bad in ("nojson", "x=[1]", "x={bad", "={}"):
+        with pytest.raises(ConfigError, match="variant"):
+            noise.parse_variant(bad)
+    val_part = sys.modules["image_val_part"]  # loaded by the diagnostic; shares its real validation images
+    monkeypatch.setattr(noise, "load_dataset", lambda name: toy_images(classes=3, train=8, val=6))
+    monkeypatch.setattr(val_part, "load_dataset", lambda name: toy_images(classes=3, train=8, val=6))
+    val_part.real_validation.cache_clear()
+    protocol = PROTOCOLS["smoke"].with_(num_archs=3, train_subset=None, val_subset=None, ipc=2)
+    archs = [str(a) for a in protocol.architectures()]
+    table = {"dataset": "toy", "protocol": protocol.as_dict(), "architectures": archs, "true_val_acc": [0.3, 0.5, 0.4],
+             "ground_truth_reliability": 0.8, "ground_truth_seed_spearman": 0.6, "rows": []}
+    (tmp_path / "image_table_toy.json").write_text(json.dumps(table))
+    with pytest.raises(ConfigError, match="unknown image protocol field"):  # checked before anything trains
+        noise.main(["image_table_toy", "--variant", 'a={}', "--variant", 'b={"epoch": 3}', "--out-dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="at least 2"):
+        noise.main(["image_table_toy", "--variant", "a={}", "--seeds", "1", "--out-dir", str(tmp_path)])
+    assert not list(tmp_path.glob("image_proxy_noise*"))
+    args = ["image_table_toy", "--seeds", "3", "--real-val", "4", "--variant", "base={}",
+            "--variant", 'more={"ipc": 4, "proxy_epochs": 2}', "--out-dir", str(tmp_path)]
+    first = noise.main(args)
+    base, more = first["rows"]
+    assert (base["train_images"], more["train_images"], base["real_val_images"]) == (6, 12, 12)
+    assert (base["steps"], more["steps"]) == (protocol.epochs_on_proxy, 2)  # one batch of 6 per epoch; 12 in one batch too
+    for row in first["rows"]:
+        assert len(row["spearman_per_seed"]) == 3
+        rel = noise.spearman_brown(row["seed_to_seed"], len(protocol.seeds_on_proxy))
+        assert row["reliability_at_table_seeds"] == pytest.approx(rel)
+        assert row["noise_ceiling"] == pytest.approx((0.8 * rel) ** 0.5)
+    assert noise.main(args)["rows"][0]["spearman_per_seed"] == base["spearman_per_seed"]  # same seeds, same ranking
+    assert "noise ceiling" in (tmp_path / "image_proxy_noise_toy.md").read_text()

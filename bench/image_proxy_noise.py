@@ -1,0 +1,163 @@
+"""How well can any image proxy rank at a protocol's scale: the ranking of real-image training parts.
+
+A diagnostic for the image table (:mod:`bench.image_table`). For a committed table run, every
+architecture trains on a class-stratified sample of ``ipc`` real training images per class of the
+protocol's training data (a Random proxy's training part, the best case of a coreset) under a
+variant of the proxy-training protocol (epochs, learning rate, batch size, …) and several training
+seeds, and is scored on ``--real-val`` real validation images per class (a perfect validation
+part). Reported per variant: the Spearman of each seed's ranking and of the seed mean against the
+table's true validation accuracy, the mean Spearman between two seeds' rankings, the reliability of
+a mean over the table's number of proxy training seeds (Spearman–Brown), and the noise ceiling
+``sqrt(reliability_truth × reliability_proxy)``: the Spearman a proxy whose expected ranking were
+exactly the true one would reach, at this noise, against this ground truth (classical attenuation).
+
+    OMP_NUM_THREADS=2 python bench/image_proxy_noise.py image_table_cpu --seeds 4 \\
+        --variant 'ipc 10={}' --variant 'ipc 10, 150 epochs={"proxy_epochs": 150}' \\
+        --variant 'ipc 10, lr 0.01={"lr": 0.01}' --variant 'ipc 10, full batch={"batch_size": 100, "proxy_epochs": 100}' \\
+        --variant 'ipc 50, 20 epochs={"ipc": 50, "proxy_epochs": 20}'
+    # → bench/results/image_proxy_noise_cpu.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+from image_val_part import ranking, real_validation  # noqa: E402  (the same scoring as the validation-part diagnostic)
+
+from hcdc.data import load_dataset  # noqa: E402
+from hcdc.errors import ConfigError, HCDCError  # noqa: E402
+from hcdc.graph.report import markdown_table  # noqa: E402
+from hcdc.image.protocol import (  # noqa: E402
+    ImageProtocol,
+    class_subset,
+    prepare_data,
+    score_architecture,
+    train_architecture,
+)
+from hcdc.image.space import Architecture  # noqa: E402
+from hcdc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
+from hcdc.runinfo import machine_info, package_versions  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def spearman_brown(r: float, k: int) -> float:
+    """Reliability of a mean over ``k`` replicates whose pairwise correlation is ``r`` (0 when not positive)."""
+    return k * r / (1 + (k - 1) * r) if r > 0 else 0.0
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME=JSON`` → (name, changes): ``ipc`` and any fields of :class:`ImageProtocol`."""
+    name, sep, spec = text.partition("=")
+    try:
+        changes = json.loads(spec) if sep else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"variant {text!r}: the part after '=' is not JSON ({exc})") from None
+    if not name or not isinstance(changes, dict):
+        raise ConfigError(f"variants are NAME=JSON-object, got {text!r}")
+    return name, changes
+
+
+def variant_protocol(table: dict, changes: dict) -> tuple[int, ImageProtocol]:
+    """(images per class, protocol) of a variant: the table's protocol with ``changes`` applied (validated)."""
+    changes = dict(changes)
+    base = ImageProtocol(**table["protocol"])
+    protocol = base.with_(ipc=changes.pop("ipc", base.ipc), **changes)
+    return protocol.ipc, protocol
+
+
+def run_variant(table: dict, name: str, changes: dict, seeds: int, real_val: int, subset_seed: int) -> dict:
+    """Train the table's architectures on ``ipc`` real images per class under the changed protocol and rank them."""
+    ipc, protocol = variant_protocol(table, changes)
+    data = prepare_data(load_dataset(table["dataset"]), protocol)
+    pick = class_subset(data.y_train, ipc, data.num_classes, seed=subset_seed)
+    x, y = data.normalized("train")[pick], data.y_train[pick]
+    x_val, y_val = real_validation(table["dataset"], protocol, real_val)
+    archs = [Architecture.parse(a) for a in table["architectures"]]
+    acc = np.zeros((seeds, len(archs)))
+    start = time.perf_counter()
+    for j, arch in enumerate(tqdm(archs, desc=name, unit="arch")):
+        for s in range(seeds):
+            params = train_architecture(arch, x, y, protocol, s, num_classes=data.num_classes, epochs=protocol.epochs_on_proxy)
+            acc[s, j] = score_architecture(arch, params, x_val, y_val, protocol)["acc"]
+    result = ranking(acc, np.asarray(table["true_val_acc"]))
+    k = len(ImageProtocol(**table["protocol"]).seeds_on_proxy)
+    reliability = spearman_brown(result["seed_to_seed"], k)
+    return {"variant": name, "changes": changes, "ipc": ipc, "train_images": len(y), "real_val_images": len(y_val),
+            "steps": protocol.epochs_on_proxy * math.ceil(len(y) / protocol.batch_size), "training_seeds": seeds,
+            **result, "table_proxy_seeds": k, "reliability_at_table_seeds": reliability,
+            "noise_ceiling": math.sqrt(max(table["ground_truth_reliability"], 0) * reliability),
+            "seconds": time.perf_counter() - start}
+
+
+COLUMNS = [("variant", "variant", ""), ("train_images", "train imgs", ""), ("steps", "steps", ""),
+           ("training_seeds", "training seeds", ""), ("spearman_of_mean", "ρ seed mean", ".3f"),
+           ("per_seed", "ρ per seed", ""), ("seed_to_seed", "seed–seed", ".2f"),
+           ("reliability_at_table_seeds", "reliability (table's seeds)", ".2f"), ("noise_ceiling", "noise ceiling", ".2f"),
+           ("mean_acc", "mean val acc", ".3f"), ("seconds", "s", ".0f")]
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", help="name of a committed image table run, e.g. image_table_cpu")
+    parser.add_argument("--variant", action="append", required=True, metavar="NAME=JSON",
+                        help="proxy-training variant: ipc and ImageProtocol fields, e.g. 'long={\"proxy_epochs\": 150}'")
+    parser.add_argument("--seeds", type=int, default=4, help="training seeds 0..N-1 per architecture (default 4)")
+    parser.add_argument("--real-val", type=int, default=100, help="real validation images per class (default 100)")
+    parser.add_argument("--subset-seed", type=int, default=0, help="seed of the class-stratified training sample")
+    parser.add_argument("--name", default=None, help="results name (default: the table's with image_proxy_noise for image_table)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    command = "python bench/image_proxy_noise.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.seeds < 2:
+        raise ConfigError("--seeds must be at least 2 (seed-to-seed agreement needs two rankings)")
+    variants = [parse_variant(v) for v in args.variant]
+    try:
+        table = json.loads((args.out_dir / f"{args.table}.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the table {args.table!r}: {exc}") from None
+    for _, changes in variants:  # every variant is checked before any trains
+        variant_protocol(table, changes)
+    rows = [run_variant(table, name, changes, args.seeds, args.real_val, args.subset_seed) for name, changes in variants]
+    name = args.name or args.table.replace("image_table", "image_proxy_noise")
+    result = {"table": args.table, "command": command, "rows": rows, "ground_truth_reliability": table["ground_truth_reliability"],
+              "ground_truth_seed_spearman": table["ground_truth_seed_spearman"], "machine": machine_info(),
+              "versions": package_versions(), "torch_threads": torch.get_num_threads()}
+    atomic_write_json(args.out_dir / f"{name}.json", result)
+    flat = [{**r, "per_seed": " ".join(f"{v:.2f}" for v in r["spearman_per_seed"])} for r in rows]
+    md = "\n".join([
+        f"# How well real-image training parts rank at the scale of {args.table}", "",
+        f"Command: `{command}`  ", f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} cores, "
+        f"{result['torch_threads']} torch threads.  ",
+        f"Ground truth: seed-to-seed Spearman {table['ground_truth_seed_spearman']:.2f}, reliability of its seed mean "
+        f"{table['ground_truth_reliability']:.2f}.", "",
+        markdown_table(flat, COLUMNS), "",
+        "Each architecture trains on a class-stratified sample of real training images (a Random proxy's training part) "
+        "under the variant's proxy-training protocol and training seeds 0, 1, …, and is scored on "
+        f"{rows[0]['real_val_images'] if rows else 0} real validation images; ρ: Spearman against the true validation "
+        "accuracy of the seed-mean accuracy (and of each seed); seed–seed: mean Spearman between two seeds' rankings; "
+        "reliability: Spearman–Brown for a mean over the table's proxy training seeds; noise ceiling: "
+        "sqrt(reliability of the ground truth × reliability of the proxy), the Spearman that a proxy with exactly the "
+        "true expected ranking would reach at this noise.", ""])
+    atomic_write_bytes(args.out_dir / f"{name}.md", md.encode())
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except HCDCError as exc:
+        print(f"image_proxy_noise: error: {exc}", file=sys.stderr)
+        sys.exit(2)
