@@ -33,7 +33,12 @@ accuracy of the architecture it picks (Perf).
   part) on DC's validation part, on HCDC's and on 1,000 real validation images: seed-mean Spearman
   0.49 / 0.40 / 0.65 and 0.43 / 0.44 / 0.40 for the two condensation seeds, with two training seeds'
   rankings agreeing at 0.02–0.39 (``bench/results/image_val_part_cpu.md``): at this scale the
-  networks trained on 100 images, not the validation part, limit the ranking. In the earlier version of this protocol (250:100, 4
+  networks trained on 100 images, not the validation part, limit the ranking. ``python
+  bench/image_proxy_noise.py`` (``bench/results/image_proxy_noise_cpu*.md``) measures how high a
+  proxy can rank here: two samples of 10 real training images per class rank at 0.37 and 0.68 (4
+  training seeds, 1,000 real validation images), with noise ceilings of 0.82 and 0.67 at 3 proxy
+  seeds; longer training, a lower learning rate or full batches do not help; 50 per class rank at
+  0.77 and 0.73. In the earlier version of this protocol (250:100, 4
   validation images per class, one proxy training seed) every method's Spearman was between −0.05
   and 0.23. The ground truth's own noise is in the table (seed-to-seed Spearman and the
   reliability of the seed mean, :func:`hcdc.metrics.seed_agreement`).
