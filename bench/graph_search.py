@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from graph_table import _mean_std, break_even, cached_proxy  # noqa: E402  (the table's proxy cache and helpers)
 
 from hcdc.data import load_dataset  # noqa: E402
+from hcdc.errors import exit_on_user_error  # noqa: E402
 from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol  # noqa: E402
 from hcdc.graph.evaluate import proxy_graphs  # noqa: E402
 from hcdc.graph.report import markdown_table  # noqa: E402
@@ -144,4 +145,4 @@ def write(result: dict, name: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main, "graph_search")

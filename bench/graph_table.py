@@ -29,6 +29,7 @@ from pathlib import Path
 
 from hcdc.artifacts import load_proxy, save_proxy
 from hcdc.data import load_dataset
+from hcdc.errors import exit_on_user_error
 from hcdc.graph import (FilterProblem, FilterSpace, NodeGraph, TrainProtocol, evaluate_proxy, ground_truth, hpo_perf,
                         make_condenser, proxy_problem, score_configs)
 from hcdc.graph.evaluate import proxy_graphs
@@ -332,4 +333,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main, "graph_table")

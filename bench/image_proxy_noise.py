@@ -33,10 +33,11 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from image_val_part import ranking, real_validation  # noqa: E402  (the same scoring as the validation-part diagnostic)
+from image_val_part import (  # noqa: E402  (the same scoring and reports as the validation-part diagnostic)
+    ranking, real_validation, report_header, write_report)
 
 from hcdc.data import load_dataset  # noqa: E402
-from hcdc.errors import ConfigError, HCDCError  # noqa: E402
+from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
 from hcdc.graph.report import markdown_table  # noqa: E402
 from hcdc.image.protocol import (  # noqa: E402
     ImageProtocol,
@@ -46,7 +47,6 @@ from hcdc.image.protocol import (  # noqa: E402
     train_architecture,
 )
 from hcdc.image.space import Architecture  # noqa: E402
-from hcdc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from hcdc.runinfo import machine_info, package_versions  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -108,6 +108,24 @@ COLUMNS = [("variant", "variant", ""), ("train_images", "train imgs", ""), ("ste
            ("mean_acc", "mean val acc", ".3f"), ("seconds", "s", ".0f")]
 
 
+def to_markdown(result: dict) -> str:
+    """The markdown report of a run (from its JSON alone)."""
+    rows = result["rows"]
+    flat = [{**r, "per_seed": " ".join(f"{v:.2f}" for v in r["spearman_per_seed"])} for r in rows]
+    return "\n".join([
+        *report_header(f"How well real-image training parts rank at the scale of {result['table']}", result), "",
+        f"Ground truth: seed-to-seed Spearman {result['ground_truth_seed_spearman']:.2f}, reliability of its seed mean "
+        f"{result['ground_truth_reliability']:.2f}.", "",
+        markdown_table(flat, COLUMNS), "",
+        "Each architecture trains on a class-stratified sample of real training images (a Random proxy's training part) "
+        "under the variant's proxy-training protocol and training seeds 0, 1, …, and is scored on "
+        f"{rows[0]['real_val_images'] if rows else 0} real validation images; ρ: Spearman against the true validation "
+        "accuracy of the seed-mean accuracy (and of each seed); seed–seed: mean Spearman between two seeds' rankings; "
+        "reliability: Spearman–Brown for a mean over the table's proxy training seeds; noise ceiling: "
+        "sqrt(reliability of the ground truth × reliability of the proxy), the Spearman that a proxy with exactly the "
+        "true expected ranking would reach at this noise.", ""])
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("table", help="name of a committed image table run, e.g. image_table_cpu")
@@ -134,30 +152,9 @@ def main(argv=None) -> dict:
     result = {"table": args.table, "command": command, "rows": rows, "ground_truth_reliability": table["ground_truth_reliability"],
               "ground_truth_seed_spearman": table["ground_truth_seed_spearman"], "machine": machine_info(),
               "versions": package_versions(), "torch_threads": torch.get_num_threads()}
-    atomic_write_json(args.out_dir / f"{name}.json", result)
-    flat = [{**r, "per_seed": " ".join(f"{v:.2f}" for v in r["spearman_per_seed"])} for r in rows]
-    md = "\n".join([
-        f"# How well real-image training parts rank at the scale of {args.table}", "",
-        f"Command: `{command}`  ", f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} cores, "
-        f"{result['torch_threads']} torch threads.  ",
-        f"Ground truth: seed-to-seed Spearman {table['ground_truth_seed_spearman']:.2f}, reliability of its seed mean "
-        f"{table['ground_truth_reliability']:.2f}.", "",
-        markdown_table(flat, COLUMNS), "",
-        "Each architecture trains on a class-stratified sample of real training images (a Random proxy's training part) "
-        "under the variant's proxy-training protocol and training seeds 0, 1, …, and is scored on "
-        f"{rows[0]['real_val_images'] if rows else 0} real validation images; ρ: Spearman against the true validation "
-        "accuracy of the seed-mean accuracy (and of each seed); seed–seed: mean Spearman between two seeds' rankings; "
-        "reliability: Spearman–Brown for a mean over the table's proxy training seeds; noise ceiling: "
-        "sqrt(reliability of the ground truth × reliability of the proxy), the Spearman that a proxy with exactly the "
-        "true expected ranking would reach at this noise.", ""])
-    atomic_write_bytes(args.out_dir / f"{name}.md", md.encode())
-    print(md)
+    write_report(args.out_dir, name, result, to_markdown(result))
     return result
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except HCDCError as exc:
-        print(f"image_proxy_noise: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(main, "image_proxy_noise")

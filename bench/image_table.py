@@ -39,7 +39,7 @@ import torch
 
 from hcdc.artifacts import load_proxy, save_proxy
 from hcdc.data import get_spec, load_dataset
-from hcdc.errors import ConfigError, HCDCError
+from hcdc.errors import ConfigError, exit_on_user_error
 from hcdc.graph.report import markdown_table
 from hcdc.image.condensers import IMAGE_CONDENSERS, make_image_condenser
 from hcdc.image.protocol import (
@@ -436,8 +436,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except HCDCError as exc:
-        print(f"image_table: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(main, "image_table")

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from hcdc.artifacts import load_proxy
 from hcdc.data import load_dataset
-from hcdc.errors import ConfigError, HCDCError
+from hcdc.errors import ConfigError, exit_on_user_error
 from hcdc.graph.report import markdown_table
 from hcdc.image.protocol import (
     ImageProtocol,
@@ -118,6 +118,20 @@ def diagnose(table: dict, method: str, seed: int, real_val: int, proxy_seeds: in
             "seconds": time.perf_counter() - start}
 
 
+def report_header(title: str, result: dict) -> list[str]:
+    """The first lines of a diagnostic's markdown report: title, command, machine."""
+    machine = result["machine"]
+    return [f"# {title}", "", f"Command: `{result['command']}`  ",
+            f"Machine: {machine['processor']}, {machine['cpu_count']} cores, {result['torch_threads']} torch threads."]
+
+
+def write_report(out_dir: Path, name: str, result: dict, md: str) -> None:
+    """``result`` as ``<name>.json`` and its markdown report ``md`` as ``<name>.md`` (both atomically); prints ``md``."""
+    atomic_write_json(out_dir / f"{name}.json", result)
+    atomic_write_bytes(out_dir / f"{name}.md", md.encode())
+    print(md)
+
+
 COLUMNS = [("method", "method", ""), ("seed", "seed", ""), ("networks", "training seeds", ""),
            ("proxy_val_images", "proxy val imgs", ""),
            ("proxy_of_mean", "ρ proxy val", ".3f"), ("proxy_per_seed", "ρ per seed", ""), ("proxy_seed_to_seed", "seed–seed", ".2f"),
@@ -160,24 +174,16 @@ def main(argv=None) -> dict:
     name = args.table.replace("image_table", "image_val_part")
     result = {"table": args.table, "command": command, "rows": rows, "machine": machine_info(),
               "versions": package_versions(), "torch_threads": torch.get_num_threads()}
-    atomic_write_json(args.out_dir / f"{name}.json", result)
     md = "\n".join([
-        f"# Where the ranking is lost: proxy validation part vs real validation images ({args.table})", "",
-        f"Command: `{command}`  ", f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} cores, "
-        f"{result['torch_threads']} torch threads.", "",
+        *report_header(f"Where the ranking is lost: proxy validation part vs real validation images ({args.table})", result), "",
         markdown_table([flat(r) for r in rows], COLUMNS), "",
         "Each architecture trains on the proxy's training part under training seeds 0, 1, … (the table's networks when "
         "they are the protocol's proxy seeds; one set of networks for proxies with the same training part, as DC and "
         "HCDC at one condensation seed) and is scored on the proxy's validation part and on real validation images; ρ: Spearman against the true validation "
         "accuracy of the seed-mean accuracy (and of each seed); seed–seed: mean Spearman between two seeds' rankings.", ""])
-    atomic_write_bytes(args.out_dir / f"{name}.md", md.encode())
-    print(md)
+    write_report(args.out_dir, name, result, md)
     return result
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except HCDCError as exc:
-        print(f"image_val_part: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(main, "image_val_part")

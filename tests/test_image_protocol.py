@@ -414,3 +414,15 @@ def test_proxy_noise_diagnostic_measures_seed_agreement_and_its_ceiling(tmp_path
         assert row["noise_ceiling"] == pytest.approx((0.8 * rel) ** 0.5)
     assert noise.main(args)["rows"][0]["spearman_per_seed"] == base["spearman_per_seed"]  # same seeds, same ranking
     assert "noise ceiling" in (tmp_path / "image_proxy_noise_toy.md").read_text()
+
+
+def test_bench_scripts_report_bad_input_in_one_line_with_exit_code_2(tmp_path, capsys):
+    from hcdc.errors import exit_on_user_error
+
+    def bad():
+        raise ConfigError("no such table")
+
+    with pytest.raises(SystemExit) as stop:
+        exit_on_user_error(bad, "image_table")
+    assert stop.value.code == 2 and capsys.readouterr().err == "image_table: error: no such table\n"
+    exit_on_user_error(lambda: None, "image_table")  # a run without error returns normally

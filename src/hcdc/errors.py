@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class HCDCError(Exception):
     """Base class for every error caused by what the user supplied (files, names, numbers).
@@ -21,3 +24,13 @@ class ArtifactError(HCDCError):
 
 class ConfigError(HCDCError):
     """A name, ratio or option is unknown or out of range."""
+
+
+def exit_on_user_error(main: Callable[[], object], program: str) -> None:
+    """Run a script's ``main()``; an :class:`HCDCError` becomes one line ``<program>: error: <message>``
+    on stderr and exit code 2, as in the command-line tool (the benchmark scripts' entry point)."""
+    try:
+        main()
+    except HCDCError as exc:
+        print(f"{program}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
