@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 from image_val_part import (  # noqa: E402  (the same scoring and reports as the validation-part diagnostic)
     ranking, real_validation, report_header, write_report)
+from image_table import parse_named_json  # noqa: E402  (NAME=JSON items, as its --options)
 
 from hcdc.data import load_dataset  # noqa: E402
 from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
@@ -55,18 +56,6 @@ RESULTS = Path(__file__).parent / "results"
 def spearman_brown(r: float, k: int) -> float:
     """Reliability of a mean over ``k`` replicates whose pairwise correlation is ``r`` (0 when not positive)."""
     return k * r / (1 + (k - 1) * r) if r > 0 else 0.0
-
-
-def parse_variant(text: str) -> tuple[str, dict]:
-    """``NAME=JSON`` → (name, changes): ``ipc`` and any fields of :class:`ImageProtocol`."""
-    name, sep, spec = text.partition("=")
-    try:
-        changes = json.loads(spec) if sep else None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"variant {text!r}: the part after '=' is not JSON ({exc})") from None
-    if not name or not isinstance(changes, dict):
-        raise ConfigError(f"variants are NAME=JSON-object, got {text!r}")
-    return name, changes
 
 
 def variant_protocol(table: dict, changes: dict) -> tuple[int, ImageProtocol]:
@@ -140,7 +129,7 @@ def main(argv=None) -> dict:
     command = "python bench/image_proxy_noise.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.seeds < 2:
         raise ConfigError("--seeds must be at least 2 (seed-to-seed agreement needs two rankings)")
-    variants = [parse_variant(v) for v in args.variant]
+    variants = [parse_named_json(v, "--variant") for v in args.variant]
     try:
         table = json.loads((args.out_dir / f"{args.table}.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -137,17 +137,23 @@ def method_options(method: str, protocol_name: str, protocol: ImageProtocol, ove
     return make_image_condenser(method, **options).options
 
 
+def parse_named_json(item: str, flag: str) -> tuple[str, dict]:
+    """``NAME={"key": value}`` (one command-line item of ``flag``) as ``(NAME, dict)``; ConfigError when malformed."""
+    name, sep, text = item.partition("=")
+    try:
+        value = json.loads(text) if sep else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag} {item!r}: not JSON ({exc})") from None
+    if not name or not isinstance(value, dict):
+        raise ConfigError(f"{flag} expects NAME='{{\"key\": value}}', got {item!r}")
+    return name, value
+
+
 def parse_overrides(items: list[str]) -> dict[str, dict]:
     """``["dc={\"iterations\": 5}", ...]`` as ``{"dc": {"iterations": 5}}``; ConfigError when malformed."""
     out: dict[str, dict] = {}
     for item in items:
-        method, sep, text = item.partition("=")
-        try:
-            value = json.loads(text) if sep else None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--options {item!r}: not JSON ({exc})") from None
-        if not method or not isinstance(value, dict):
-            raise ConfigError(f"--options expects METHOD='{{\"key\": value}}', got {item!r}")
+        method, value = parse_named_json(item, "--options")
         out.setdefault(method, {}).update(value)
     return out
 

@@ -385,8 +385,8 @@ def test_proxy_noise_diagnostic_measures_seed_agreement_and_its_ceiling(tmp_path
     noise = load_bench("image_proxy_noise")
     assert noise.spearman_brown(0.5, 3) == pytest.approx(0.75) and noise.spearman_brown(-0.1, 3) == 0.0
     for bad in ("nojson", "x=[1]", "x={bad", "={}"):
-        with pytest.raises(ConfigError, match="variant"):
-            noise.parse_variant(bad)
+        with pytest.raises(ConfigError, match="--variant"):
+            noise.main(["image_table_toy", "--variant", bad, "--out-dir", str(tmp_path)])
     val_part = sys.modules["image_val_part"]  # loaded by the diagnostic; shares its real validation images
     monkeypatch.setattr(noise, "load_dataset", lambda name: toy_images(classes=3, train=8, val=6))
     monkeypatch.setattr(val_part, "load_dataset", lambda name: toy_images(classes=3, train=8, val=6))
