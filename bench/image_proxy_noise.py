@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from image_val_part import (  # noqa: E402  (the same scoring and reports as the validation-part diagnostic)
-    ranking, real_validation, report_header, write_report)
+    ranking, report_header, validation_sample, write_report)
 from image_table import parse_named_json  # noqa: E402  (NAME=JSON items, as its --options)
 
 from hcdc.data import load_dataset  # noqa: E402
@@ -48,31 +48,25 @@ from hcdc.image.protocol import (  # noqa: E402
     train_architecture,
 )
 from hcdc.image.space import Architecture  # noqa: E402
+from hcdc.metrics import spearman_brown  # noqa: E402
 from hcdc.runinfo import machine_info, package_versions  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def spearman_brown(r: float, k: int) -> float:
-    """Reliability of a mean over ``k`` replicates whose pairwise correlation is ``r`` (0 when not positive)."""
-    return k * r / (1 + (k - 1) * r) if r > 0 else 0.0
+def variant_protocol(table: dict, changes: dict) -> ImageProtocol:
+    """The table's protocol with a variant's ``changes`` (``ipc`` and any other field) applied, validated."""
+    return ImageProtocol(**table["protocol"]).with_(**changes)
 
 
-def variant_protocol(table: dict, changes: dict) -> tuple[int, ImageProtocol]:
-    """(images per class, protocol) of a variant: the table's protocol with ``changes`` applied (validated)."""
-    changes = dict(changes)
-    base = ImageProtocol(**table["protocol"])
-    protocol = base.with_(ipc=changes.pop("ipc", base.ipc), **changes)
-    return protocol.ipc, protocol
-
-
-def run_variant(table: dict, name: str, changes: dict, seeds: int, real_val: int, subset_seed: int) -> dict:
-    """Train the table's architectures on ``ipc`` real images per class under the changed protocol and rank them."""
-    ipc, protocol = variant_protocol(table, changes)
-    data = prepare_data(load_dataset(table["dataset"]), protocol)
-    pick = class_subset(data.y_train, ipc, data.num_classes, seed=subset_seed)
+def run_variant(table: dict, raw, name: str, changes: dict, seeds: int, real_val: int, subset_seed: int) -> dict:
+    """Train the table's architectures on ``ipc`` real images per class of ``raw`` (the table's dataset, loaded)
+    under the changed protocol and rank them."""
+    protocol = variant_protocol(table, changes)
+    data = prepare_data(raw, protocol)
+    pick = class_subset(data.y_train, protocol.ipc, data.num_classes, seed=subset_seed)
     x, y = data.normalized("train")[pick], data.y_train[pick]
-    x_val, y_val = real_validation(table["dataset"], protocol, real_val)
+    x_val, y_val = validation_sample(data, real_val)
     archs = [Architecture.parse(a) for a in table["architectures"]]
     acc = np.zeros((seeds, len(archs)))
     start = time.perf_counter()
@@ -81,9 +75,9 @@ def run_variant(table: dict, name: str, changes: dict, seeds: int, real_val: int
             params = train_architecture(arch, x, y, protocol, s, num_classes=data.num_classes, epochs=protocol.epochs_on_proxy)
             acc[s, j] = score_architecture(arch, params, x_val, y_val, protocol)["acc"]
     result = ranking(acc, np.asarray(table["true_val_acc"]))
-    k = len(ImageProtocol(**table["protocol"]).seeds_on_proxy)
+    k = len(protocol.seeds_on_proxy)  # a variant may not change the proxy seeds: the table's count
     reliability = spearman_brown(result["seed_to_seed"], k)
-    return {"variant": name, "changes": changes, "ipc": ipc, "train_images": len(y), "real_val_images": len(y_val),
+    return {"variant": name, "changes": changes, "ipc": protocol.ipc, "train_images": len(y), "real_val_images": len(y_val),
             "steps": protocol.epochs_on_proxy * math.ceil(len(y) / protocol.batch_size), "training_seeds": seeds,
             **result, "table_proxy_seeds": k, "reliability_at_table_seeds": reliability,
             "noise_ceiling": math.sqrt(max(table["ground_truth_reliability"], 0) * reliability),
@@ -135,8 +129,11 @@ def main(argv=None) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read the table {args.table!r}: {exc}") from None
     for _, changes in variants:  # every variant is checked before any trains
+        if "seeds" in changes or "proxy_seeds" in changes:
+            raise ConfigError("a variant cannot change the seeds (--seeds sets the training seeds)")
         variant_protocol(table, changes)
-    rows = [run_variant(table, name, changes, args.seeds, args.real_val, args.subset_seed) for name, changes in variants]
+    raw = load_dataset(table["dataset"])  # once: the variants differ in training, not in data
+    rows = [run_variant(table, raw, name, changes, args.seeds, args.real_val, args.subset_seed) for name, changes in variants]
     name = args.name or args.table.replace("image_table", "image_proxy_noise")
     result = {"table": args.table, "command": command, "rows": rows, "ground_truth_reliability": table["ground_truth_reliability"],
               "ground_truth_seed_spearman": table["ground_truth_seed_spearman"], "machine": machine_info(),

@@ -73,7 +73,11 @@ def train_networks(archs, x: torch.Tensor, y: torch.Tensor, protocol: ImageProto
 @functools.lru_cache(maxsize=2)
 def real_validation(dataset: str, protocol: ImageProtocol, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` real validation images per class of ``dataset`` under ``protocol`` (loaded once per run)."""
-    data = prepare_data(load_dataset(dataset), protocol)
+    return validation_sample(prepare_data(load_dataset(dataset), protocol), per_class)
+
+
+def validation_sample(data, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` validation images per class of prepared ``data`` (normalised), a fixed sample (seed 0), and labels."""
     pick = class_subset(data.y_val, per_class, data.num_classes, seed=0)
     return data.normalized("val")[pick], data.y_val[pick]
 

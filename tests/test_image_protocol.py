@@ -4,7 +4,6 @@ bench/image_table.py's option resolution; tiny images and networks only."""
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -387,10 +386,7 @@ def test_proxy_noise_diagnostic_measures_seed_agreement_and_its_ceiling(tmp_path
     for bad in ("nojson", "x=[1]", "x={bad", "={}"):
         with pytest.raises(ConfigError, match="--variant"):
             noise.main(["image_table_toy", "--variant", bad, "--out-dir", str(tmp_path)])
-    val_part = sys.modules["image_val_part"]  # loaded by the diagnostic; shares its real validation images
     monkeypatch.setattr(noise, "load_dataset", lambda name: toy_images(classes=3, train=8, val=6))
-    monkeypatch.setattr(val_part, "load_dataset", lambda name: toy_images(classes=3, train=8, val=6))
-    val_part.real_validation.cache_clear()
     protocol = PROTOCOLS["smoke"].with_(num_archs=3, train_subset=None, val_subset=None, ipc=2)
     archs = [str(a) for a in protocol.architectures()]
     table = {"dataset": "toy", "protocol": protocol.as_dict(), "architectures": archs, "true_val_acc": [0.3, 0.5, 0.4],
@@ -398,6 +394,8 @@ def test_proxy_noise_diagnostic_measures_seed_agreement_and_its_ceiling(tmp_path
     (tmp_path / "image_table_toy.json").write_text(json.dumps(table))
     with pytest.raises(ConfigError, match="unknown image protocol field"):  # checked before anything trains
         noise.main(["image_table_toy", "--variant", 'a={}', "--variant", 'b={"epoch": 3}', "--out-dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="cannot change the seeds"):
+        noise.main(["image_table_toy", "--variant", 'a={"proxy_seeds": [0, 1]}', "--out-dir", str(tmp_path)])
     with pytest.raises(ConfigError, match="at least 2"):
         noise.main(["image_table_toy", "--variant", "a={}", "--seeds", "1", "--out-dir", str(tmp_path)])
     assert not list(tmp_path.glob("image_proxy_noise*"))

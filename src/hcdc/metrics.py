@@ -119,8 +119,14 @@ def seed_agreement(per_seed: ArrayLike) -> tuple[float, float]:
     if scores.ndim != 2 or scores.shape[0] < 2 or scores.shape[1] < 2:
         raise ConfigError(f"seed agreement needs scores of shape [seeds >= 2, configs >= 2], got {scores.shape}")
     pairs = [spearman(scores[i], scores[j]) for i in range(len(scores)) for j in range(i + 1, len(scores))]
-    r, s = float(np.mean(pairs)), len(scores)
-    return r, (s * r / (1 + (s - 1) * r) if 1 + (s - 1) * r > 0 else 0.0)
+    r = float(np.mean(pairs))
+    return r, spearman_brown(r, len(scores))
+
+
+def spearman_brown(r: float, k: int) -> float:
+    """Reliability of a mean over ``k`` replicates whose pairwise correlation is ``r``: ``k·r / (1 + (k−1)·r)``
+    (Spearman–Brown), 0.0 when ``r`` is not positive."""
+    return k * r / (1 + (k - 1) * r) if r > 0 else 0.0
 
 
 def mean_std(values: ArrayLike) -> tuple[float, float]:
