@@ -18,9 +18,8 @@ cached, so an interrupted run resumes where it stopped.
     python bench/image_table.py --smoke --methods random dm   # plumbing check, a minute or two
     python bench/image_table.py --dataset cifar100 --data-root /data --protocol cpu
 
-Condensation options per protocol: ``FULL_OPTIONS`` (each method's own recipe, the condensers'
-defaults), ``CPU_OPTIONS`` (iteration counts cut so each method condenses in about two minutes on
-one CPU thread at 16×16, ipc 10) and ``SMOKE_OPTIONS``; ``--options METHOD=JSON`` overrides.
+Condensation options per protocol come from :mod:`hcdc.image.recipes` (each method's own recipe for
+``full``, cut iteration counts for ``cpu``, tiny ones for ``smoke``); ``--options METHOD=JSON`` overrides.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from hcdc.data import get_spec, load_dataset
 from hcdc.errors import ConfigError, exit_on_user_error
 from hcdc.graph.report import markdown_table
 from hcdc.image.condensers import IMAGE_CONDENSERS, make_image_condenser
+from hcdc.image.recipes import method_options
 from hcdc.image.protocol import (
     PROTOCOLS,
     ImageProtocol,
@@ -74,68 +74,6 @@ PAPER = {
                  "dsa": (-0.28, 59.0), "dm": (-0.15, 70.1), "kip": (-0.08, 68.8), "tm": (-0.09, 51.3),
                  "hcdc": (0.63, 72.4), "optimal": (None, 72.9)},
 }
-
-# Each method's published recipe: the condensers' defaults.
-FULL_OPTIONS: dict[str, dict] = {}
-
-# The cpu protocol (16x16 images, 250 per class, ipc 10). Seconds measured on one thread of this
-# machine (another job running) at these settings; the recipes' counts in brackets.
-CPU_OPTIONS: dict[str, dict] = {
-    "random": {},
-    # embedding ConvNet of width 32 (default 64) trained 5 epochs on the 2,500 images: ~4 s
-    "kcenter": {"width": 32, "epochs": 5},
-    "herding": {"width": 32, "epochs": 5},
-    # 10 iterations (1000) of 10 matching steps (10) with 10 inner epochs (50), width 32 (128): ~11 s / iteration
-    "dc": {"iterations": 10, "outer_loop": 10, "inner_loop": 10, "width": 32},
-    "dsa": {"iterations": 10, "outer_loop": 10, "inner_loop": 10, "width": 32},
-    # 200 iterations (20000), width 32 (128): ~0.37 s / iteration
-    "dm": {"iterations": 200, "width": 32},
-    # 150 iterations (1000) of the empirical NTK of a width-32 ConvNet: ~0.4 s / iteration
-    "kip": {"iterations": 150, "width": 32},
-    # 5 experts (100) of 10 epochs (50), trained once (~45 s, cached); 40 iterations (5000) of 10 synthetic
-    # steps (30) matched to 2 expert epochs from a start below epoch 8 (20), width 32 (128): ~2.2 s / iteration
-    "tm": {"experts": 5, "expert_epochs": 10, "max_start_epoch": 8, "expert_epochs_to_match": 2, "syn_steps": 10,
-           "iterations": 40, "width": 32},
-}
-# HCDC: S_train is exactly the DC proxy's (same options, same seed: shared cost in spirit, recomputed here);
-# the calibration loop keeps HCDC's defaults (6 candidates x 40 steps, ~3-4 min); its network options
-# (C, N, norm_groups) are filled from the protocol
-# real_theta=False (both hypergradients at the proxy's θ, the paper's approximation; no real-side training):
-# the committed table's alignment_mean is 0.73, against 0.92 with θ_T trained on real batches in the table of
-# commit 6ffb07f (protocol v1). Lower alignment loss did not rank better: see the README's Image track.
-CPU_OPTIONS["hcdc"] = {"train_options": dict(CPU_OPTIONS["dc"]), "real_theta": False}
-
-# Tiny everything: only checks that every stage runs.
-SMOKE_OPTIONS: dict[str, dict] = {
-    "random": {},
-    "kcenter": {"width": 8, "epochs": 1},
-    "herding": {"width": 8, "epochs": 1},
-    "dc": {"iterations": 1, "outer_loop": 2, "inner_loop": 1, "width": 8, "batch_real": 16},
-    "dsa": {"iterations": 1, "outer_loop": 2, "inner_loop": 1, "width": 8, "batch_real": 16},
-    "dm": {"iterations": 2, "width": 8, "batch_real": 16},
-    "kip": {"iterations": 2, "width": 8, "batch_target": 16},
-    "tm": {"experts": 1, "expert_epochs": 2, "max_start_epoch": 1, "expert_epochs_to_match": 1, "syn_steps": 2,
-           "iterations": 2, "width": 8, "batch_expert": 32},
-}
-SMOKE_OPTIONS["hcdc"] = {"train_options": dict(SMOKE_OPTIONS["dc"]), "candidates": 1, "train_steps": 4, "warmup": 2,
-                         "align_every": 2, "neumann_terms": 1, "power_iterations": 1, "batch_real": 16, "batch_val": 16}
-
-OPTIONS = {"full": FULL_OPTIONS, "cpu": CPU_OPTIONS, "smoke": SMOKE_OPTIONS}
-PROTOCOL_FIELDS = ("C", "N", "norm_groups")  # condenser options taken from the protocol when the condenser has them
-
-
-def method_options(method: str, protocol_name: str, protocol: ImageProtocol, overrides: dict | None = None) -> dict:
-    """The options ``method`` runs with under ``protocol_name``: the preset's, any protocol fields the
-    condenser takes (``PROTOCOL_FIELDS``), then ``overrides``; validated by building the condenser
-    (ConfigError for an unknown method or option). Returns the fully resolved options (defaults included)."""
-    if method not in IMAGE_CONDENSERS:
-        raise ConfigError(f"unknown image condenser {method!r}; registered: {', '.join(sorted(IMAGE_CONDENSERS))}")
-    defaults = IMAGE_CONDENSERS[method].defaults
-    options = {k: getattr(protocol, k) for k in PROTOCOL_FIELDS if k in defaults}
-    options.update(OPTIONS[protocol_name].get(method, {}))
-    options.update(overrides or {})
-    return make_image_condenser(method, **options).options
-
 
 def parse_named_json(item: str, flag: str) -> tuple[str, dict]:
     """``NAME={"key": value}`` (one command-line item of ``flag``) as ``(NAME, dict)``; ConfigError when malformed."""

@@ -16,6 +16,7 @@ from hcdc.cli import main as cli_main
 from hcdc.data.image import ImageData, load_cifar_python
 from hcdc.errors import ConfigError
 from hcdc.image import protocol as P
+from hcdc.image import recipes
 from hcdc.image.condensers import IMAGE_CONDENSERS, make_image_condenser
 from hcdc.image.figures import plot_ranking
 from hcdc.image.protocol import (PROTOCOLS, ImageProtocol, evaluate_image_proxy, image_ground_truth, prepare_data,
@@ -254,27 +255,27 @@ def test_bench_runs_on_a_cifar100_stand_in(tmp_path):
         bench.main(["--render", "nope", "--out-dir", str(tmp_path / "out")])
 
 
-# --- bench option resolution ----------------------------------------------------------------------------
+# --- condensation recipes ----------------------------------------------------------------------------
 
 
-def test_bench_cpu_options_resolve_for_every_method():
+def test_recipes_resolve_for_every_method():
     bench = load_bench("image_table")
     cpu = PROTOCOLS["cpu"]
     for method in bench.DEFAULT_METHODS:
         if method not in IMAGE_CONDENSERS:
             continue
-        options = bench.method_options(method, "cpu", cpu)
-        assert all(options[k] == v for k, v in bench.CPU_OPTIONS[method].items() if k != "train_options")
-    assert bench.method_options("dc", "cpu", cpu)["iterations"] == 10
-    assert bench.method_options("dc", "full", PROTOCOLS["full"]) == make_image_condenser("dc").options
+        options = recipes.method_options(method, "cpu", cpu)
+        assert all(options[k] == v for k, v in recipes.CPU_OPTIONS[method].items() if k != "train_options")
+    assert recipes.method_options("dc", "cpu", cpu)["iterations"] == 10
+    assert recipes.method_options("dc", "full", PROTOCOLS["full"]) == make_image_condenser("dc").options
     if "hcdc" in IMAGE_CONDENSERS:
-        hcdc = bench.method_options("hcdc", "cpu", cpu)
+        hcdc = recipes.method_options("hcdc", "cpu", cpu)
         assert (hcdc["C"], hcdc["N"], hcdc["norm_groups"]) == (cpu.C, cpu.N, cpu.norm_groups)
-    assert bench.method_options("dm", "cpu", cpu, {"iterations": 3})["iterations"] == 3
+    assert recipes.method_options("dm", "cpu", cpu, {"iterations": 3})["iterations"] == 3
     with pytest.raises(ConfigError, match="unknown image condenser"):
-        bench.method_options("nope", "cpu", cpu)
+        recipes.method_options("nope", "cpu", cpu)
     with pytest.raises(ConfigError, match="unknown option"):
-        bench.method_options("dm", "cpu", cpu, {"itterations": 3})
+        recipes.method_options("dm", "cpu", cpu, {"itterations": 3})
 
 
 def test_bench_argument_parsing():

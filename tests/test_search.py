@@ -13,6 +13,7 @@ from hcdc.errors import ConfigError
 from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol
 from hcdc.graph import search as S
 from hcdc.graph.train import ConfigScores, score_configs
+from hcdc.study import make_sampler
 from test_graph_track import _run, _sbm, _write_graph, bench_on_sbm
 
 PROTOCOL = TrainProtocol(epochs=30, seeds=(0,))
@@ -90,7 +91,7 @@ def test_finalists_are_the_best_trials_retrained_and_the_pick_has_the_best_valid
 
 def test_bad_settings_are_config_errors(graph):
     with pytest.raises(ConfigError, match="unknown sampler 'grid'.*random, tpe"):
-        S.make_sampler("grid", 0)
+        make_sampler("grid", 0)
     with pytest.raises(ConfigError, match="trials >= 1"):
         S.search_filters(graph, FilterSpace(), PROTOCOL, trials=0)
 

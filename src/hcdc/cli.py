@@ -124,7 +124,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .graph import FilterSpace, NodeGraph, TrainProtocol
     from .graph.evaluate import proxy_graphs
-    from .graph.search import make_sampler, retrain_finalists, search_filters
+    from .graph.search import retrain_finalists, search_filters
+    from .study import make_sampler
     from .io import atomic_write_json
     from .runinfo import run_record
 

@@ -7,12 +7,12 @@ from .evaluate import ProxyEvaluation, evaluate_proxy, hpo_perf, proxy_graph, pr
 from .hpo import HPOConfig, HPOResult, hypergradient_hpo
 from .problem import FilterProblem
 from .groundtruth import GroundTruth, ground_truth
-from .search import SAMPLERS, SearchResult, search_filters
+from .search import SearchResult, search_filters
 from .space import FilterSpace, TrainProtocol
 from .train import NodeGraph, score_configs
 
 __all__ = [
     "CONDENSERS", "FilterProblem", "FilterSpace", "GraphCondenser", "GroundTruth", "HPOConfig", "HPOResult", "NodeGraph",
-    "ProxyEvaluation", "SAMPLERS", "SearchResult", "TrainProtocol", "evaluate_proxy", "ground_truth", "hpo_perf", "hypergradient_hpo",
+    "ProxyEvaluation", "SearchResult", "TrainProtocol", "evaluate_proxy", "ground_truth", "hpo_perf", "hypergradient_hpo",
     "make_condenser", "proxy_graph", "proxy_problem", "proxy_sizes", "register_condenser", "score_configs", "search_filters",
 ]

@@ -8,9 +8,8 @@ its training nodes with the evaluation protocol (on the original graph, the loss
 nodes). Trials are asked ``batch`` at a time and trained as one stacked model
 (:func:`hcdc.graph.train.score_configs`), so a batch costs about as much as one trial.
 
-A study can be kept in an Optuna journal file: an interrupted search resumes from it, re-scoring
-the trials that were running when it stopped (the sampler's random stream restarts, so a resumed
-study need not repeat the trials an uninterrupted one would have drawn).
+The study is kept in an Optuna journal file when one is given, so an interrupted search resumes
+(:mod:`hcdc.study`).
 """
 
 from __future__ import annotations
@@ -19,29 +18,14 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
-import optuna
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..study import check_budget, open_study, run_batched
 from .space import FilterSpace, TrainProtocol
 from .train import NodeGraph, score_configs
-
-# name → Optuna sampler built from a seed; TPE uses the constant liar because trials are asked in batches
-SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-}
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler registered as ``name`` in :data:`SAMPLERS`, seeded."""
-    if name not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}; known: {', '.join(sorted(SAMPLERS))}")
-    return SAMPLERS[name](seed)
 
 
 @dataclass
@@ -65,33 +49,6 @@ class SearchResult:
                 "best": self.best.tolist(), "best_val_loss": self.best_val_loss, "seconds": self.seconds}
 
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-
-
-def _open_study(config: dict, journal: str | Path | None) -> optuna.Study:
-    """A new study, or the one kept in ``journal`` when it was made with the same ``config``."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = None
-    if journal is not None:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        storage = JournalStorage(JournalFileBackend(str(journal)))
-    try:
-        study = optuna.create_study(study_name="hcdc-filter-search", storage=storage, load_if_exists=True,
-                                    direction="minimize", sampler=make_sampler(config["sampler"], config["seed"]))
-    except (ValueError, KeyError, TypeError) as exc:  # a damaged journal (JSONDecodeError is a ValueError)
-        raise ConfigError(f"cannot read the study journal {journal}: {exc}; remove it to start afresh") from None
-    kept = study.user_attrs.get("config")
-    if kept is None:
-        study.set_user_attr("config", config)
-    elif kept != config:
-        changed = sorted(k for k in set(kept) | set(config) if kept.get(k) != config.get(k))
-        raise ConfigError(f"the study in {journal} was made with other settings ({', '.join(changed)}); "
-                          "use another output or start it afresh")
-    return study
-
-
 def search_filters(graph: NodeGraph, space: FilterSpace, protocol: TrainProtocol, trials: int,
                    sampler: str = "tpe", seed: int = 0, batch: int = 16, evaluate_on: NodeGraph | None = None,
                    journal: str | Path | None = None, context: dict | None = None,
@@ -104,39 +61,19 @@ def search_filters(graph: NodeGraph, space: FilterSpace, protocol: TrainProtocol
     ``trials`` it goes on); ``context`` (JSON-able, e.g. which proxy) joins the settings a resumed
     study must share with the one in the journal.
     """
-    if trials < 1 or batch < 1:
-        raise ConfigError(f"a search needs trials >= 1 and batch >= 1 (got {trials}, {batch})")
     start = time.perf_counter()
     names = [f"lambda_{k}" for k in range(space.dim)]
-    study = _open_study({"sampler": sampler, "seed": seed, "batch": batch, "space": asdict(space),
-                         "protocol": protocol.as_dict(), **(context or {})}, journal)
-    # trials an interrupted run had asked but not told: score them first (their λ is in the study)
-    pending = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    for t in [t for t in pending if set(t.params) != set(names)]:  # stopped between ask and suggest
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    queue = [(t.number, [t.params[n] for n in names]) for t in pending if set(t.params) == set(names)]
-    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-    bar = tqdm(total=trials, initial=min(finished, trials), desc="search", unit="trial", disable=not progress)
-    while queue or finished < trials:
-        while len(queue) < batch and finished + len(queue) < trials:
-            trial = study.ask()
-            queue.append((trial.number, [trial.suggest_float(n, space.low, space.high) for n in names]))
-        numbers, lam = [n for n, _ in queue], torch.tensor([v for _, v in queue])
-        queue = []
-        scores = score_configs(graph, lam, protocol, evaluate_on=evaluate_on)
-        for number, loss in zip(numbers, scores.val_loss.tolist()):
-            if math.isfinite(loss):
-                study.tell(number, loss)
-            else:
-                study.tell(number, state=optuna.trial.TrialState.FAIL)
-        finished += len(numbers)
-        bar.update(len(numbers))
-    bar.close()
-    done = [t for t in study.get_trials(states=FINISHED) if set(t.params) == set(names)]
-    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in done):
-        raise ConfigError("every trial of the search diverged (non-finite validation loss)")
-    lam = torch.tensor([[t.params[n] for n in names] for t in done])
-    loss = torch.tensor([t.value if t.state == optuna.trial.TrialState.COMPLETE else math.inf for t in done])
+    check_budget(trials, batch)
+    study = open_study("hcdc-filter-search", {"sampler": sampler, "seed": seed, "batch": batch, "space": asdict(space),
+                                              "protocol": protocol.as_dict(), **(context or {})}, journal, "minimize")
+
+    def score(batch_lam: list[list[float]]) -> list[float]:
+        return score_configs(graph, torch.tensor(batch_lam), protocol, evaluate_on=evaluate_on).val_loss.tolist()
+
+    done = run_batched(study, trials, batch, names, lambda t: [t.suggest_float(n, space.low, space.high) for n in names],
+                       lambda params: [params[n] for n in names], score, progress)
+    lam = torch.tensor([p for p, _ in done])
+    loss = torch.tensor([v if math.isfinite(v) else math.inf for _, v in done])
     return SearchResult(lam, loss, time.perf_counter() - start)
 
 
