@@ -29,7 +29,7 @@ from hcdc.data import load_dataset  # noqa: E402
 from hcdc.errors import exit_on_user_error  # noqa: E402
 from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol  # noqa: E402
 from hcdc.graph.evaluate import proxy_graphs  # noqa: E402
-from hcdc.graph.report import markdown_table  # noqa: E402
+from hcdc.report import markdown_table  # noqa: E402
 from hcdc.graph.search import retrain_finalists, search_filters  # noqa: E402
 from hcdc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from hcdc.runinfo import machine_info, package_versions  # noqa: E402

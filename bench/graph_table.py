@@ -33,7 +33,7 @@ from hcdc.errors import exit_on_user_error
 from hcdc.graph import (FilterProblem, FilterSpace, NodeGraph, TrainProtocol, evaluate_proxy, ground_truth, hpo_perf,
                         make_condenser, proxy_problem, score_configs)
 from hcdc.graph.evaluate import proxy_graphs
-from hcdc.graph.report import markdown_table
+from hcdc.report import markdown_table
 from hcdc.metrics import spearman
 from hcdc.io import atomic_write_bytes, atomic_write_json
 from hcdc.paths import cache_dir

@@ -39,7 +39,7 @@ from image_table import parse_named_json  # noqa: E402  (NAME=JSON items, as its
 
 from hcdc.data import load_dataset  # noqa: E402
 from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
-from hcdc.graph.report import markdown_table  # noqa: E402
+from hcdc.report import markdown_table  # noqa: E402
 from hcdc.image.protocol import (  # noqa: E402
     ImageProtocol,
     class_subset,

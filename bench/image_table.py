@@ -39,7 +39,7 @@ import torch
 from hcdc.artifacts import load_proxy, save_proxy
 from hcdc.data import get_spec, load_dataset
 from hcdc.errors import ConfigError, exit_on_user_error
-from hcdc.graph.report import markdown_table
+from hcdc.report import markdown_table
 from hcdc.image.condensers import IMAGE_CONDENSERS, make_image_condenser
 from hcdc.image.recipes import method_options
 from hcdc.image.protocol import (

@@ -38,12 +38,12 @@ from tqdm.auto import tqdm
 from hcdc.artifacts import load_proxy
 from hcdc.data import load_dataset
 from hcdc.errors import ConfigError, exit_on_user_error
-from hcdc.graph.report import markdown_table
+from hcdc.report import markdown_table
 from hcdc.image.protocol import (
     ImageProtocol,
     class_subset,
     prepare_data,
-    proxy_images,
+    proxy_parts,
     score_architecture,
     train_architecture,
 )
@@ -101,23 +101,22 @@ def diagnose(table: dict, method: str, seed: int, real_val: int, proxy_seeds: in
     proxy = load_proxy(proxy_dir)
     protocol = ImageProtocol(**table["protocol"])
     x_real, y_real = real_validation(table["dataset"], protocol, real_val)
-    x, y = proxy_images(proxy, protocol)
-    train, val = proxy.tensors["train_mask"], proxy.tensors["val_mask"]
+    x_tr, y_tr, x_val, y_val = proxy_parts(proxy, protocol)
     archs = [Architecture.parse(a) for a in table["architectures"]]
     seeds = tuple(range(proxy_seeds)) if proxy_seeds else protocol.seeds_on_proxy
     on_proxy, on_real = np.zeros((len(seeds), len(archs))), np.zeros((len(seeds), len(archs)))
     start = time.perf_counter()
     networks = {} if networks is None else networks
-    key = (hashlib.sha256(x[train].numpy().tobytes() + y[train].numpy().tobytes()).hexdigest(), seeds)
+    key = (hashlib.sha256(x_tr.numpy().tobytes() + y_tr.numpy().tobytes()).hexdigest(), seeds)
     if key not in networks:
-        networks[key] = train_networks(archs, x[train], y[train], protocol, seeds, proxy.num_classes, f"{method}:{seed}")
+        networks[key] = train_networks(archs, x_tr, y_tr, protocol, seeds, proxy.num_classes, f"{method}:{seed}")
     for j, arch in enumerate(archs):
         for i, s in enumerate(seeds):
             params = networks[key][j, s]
-            on_proxy[i, j] = score_architecture(arch, params, x[val], y[val], protocol)["acc"]
+            on_proxy[i, j] = score_architecture(arch, params, x_val, y_val, protocol)["acc"]
             on_real[i, j] = score_architecture(arch, params, x_real, y_real, protocol)["acc"]
     true = np.asarray(table["true_val_acc"])
-    return {"method": method, "seed": seed, "proxy_seeds": list(seeds), "proxy_val_images": int(val.sum()), "real_val_images": len(y_real),
+    return {"method": method, "seed": seed, "proxy_seeds": list(seeds), "proxy_val_images": len(y_val), "real_val_images": len(y_real),
             "proxy_val": ranking(on_proxy, true), "real_val": ranking(on_real, true),
             "seconds": time.perf_counter() - start}
 

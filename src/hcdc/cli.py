@@ -69,21 +69,88 @@ def _load_graph(args: argparse.Namespace, dataset: str | None = None, graph_file
     return load_dataset(name, args.data_root)
 
 
-def _cmd_condense(args: argparse.Namespace) -> int:
+def _json_options(text: str | None) -> dict:
     import json
 
-    from .artifacts import save_proxy
     from .errors import ConfigError
-    from .graph import make_condenser
+
+    try:
+        options = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--options is not JSON ({exc})") from None
+    if not isinstance(options, dict):
+        raise ConfigError("--options must be a JSON object")
+    return options
+
+
+def _kind(args: argparse.Namespace) -> str:
+    """``"graph"`` or ``"image"``: what the command's data is (``--graph-file``, ``--image-file`` or ``--dataset``)."""
+    from .data import get_spec
+    from .errors import ConfigError
+
+    if getattr(args, "graph_file", None) and getattr(args, "image_file", None):
+        raise ConfigError("give --graph-file or --image-file, not both")
+    if getattr(args, "graph_file", None):
+        return "graph"
+    if getattr(args, "image_file", None):
+        return "image"
+    return get_spec(args.dataset).kind
+
+
+def _image_protocol(name: str, **changes):
+    """The image protocol preset ``name`` with ``changes`` (ConfigError for unknown names or bad values)."""
+    from .image.protocol import get_protocol
+
+    return get_protocol(name).with_(**changes)
+
+
+def _load_images(dataset: str, image_file, data_root, protocol):
+    """The image data a proxy or search is about, reduced by ``protocol`` (:func:`prepare_data`)."""
+    from .data import get_spec, load_dataset, load_image_file
+    from .errors import ConfigError
+    from .image.protocol import prepare_data
+
+    if image_file:
+        data = load_image_file(image_file)
+    elif get_spec(dataset).kind != "image":
+        raise ConfigError(f"dataset '{dataset}' is not an image dataset")
+    else:
+        data = load_dataset(dataset, data_root)
+    return prepare_data(data, protocol)
+
+
+def _proxy_protocol(proxy):
+    """The image protocol recorded in an image proxy made by ``hcdc condense`` (ConfigError when absent)."""
+    from .errors import ConfigError
+    from .image.protocol import ImageProtocol
+
+    saved = proxy.meta.get("protocol")
+    if not isinstance(saved, dict):
+        raise ConfigError("this image proxy records no protocol (make it with `hcdc condense`), so hcdc cannot tell "
+                          "how to train architectures on it")
+    try:
+        return ImageProtocol(**{k: v for k, v in saved.items() if k != "name"})
+    except TypeError as exc:
+        raise ConfigError(f"the proxy's protocol is not one this version of hcdc reads: {exc}") from None
+
+
+def _cmd_condense(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
 
     if args.out.exists() and not args.overwrite:
         raise ConfigError(f"output directory {args.out} already exists (pass --overwrite to replace it)")
-    options = json.loads(args.options) if args.options else {}
-    if not isinstance(options, dict):
-        raise ConfigError("--options must be a JSON object")
+    options = _json_options(args.options)
+    if _kind(args) == "image":
+        return _condense_images(args, options)
+    if args.ipc is not None:
+        raise ConfigError("--ipc is for image datasets; a graph proxy's size is --ratio")
+    from .artifacts import save_proxy
+    from .graph import make_condenser
+
     condenser = make_condenser(args.method, **options)  # unknown method/options fail before loading data
     data = _load_graph(args)
-    proxy = condenser.condense(data, args.ratio, args.seed, progress=True)
+    ratio = 0.5 if args.ratio is None else args.ratio
+    proxy = condenser.condense(data, ratio, args.seed, progress=True)
     proxy.meta["config"] = {**proxy.meta["config"], "graph_file": str(args.graph_file) if args.graph_file else None}
     save_proxy(proxy, args.out, overwrite=args.overwrite)
     m = proxy.meta
@@ -93,14 +160,39 @@ def _cmd_condense(args: argparse.Namespace) -> int:
     return 0
 
 
+def _condense_images(args: argparse.Namespace, options: dict) -> int:
+    from .artifacts import save_proxy
+    from .errors import ConfigError
+    from .image.condensers import make_image_condenser
+    from .image.recipes import method_options
+
+    if args.ratio is not None:
+        raise ConfigError("--ratio is for graphs; an image proxy's size is --ipc (images per class)")
+    protocol = _image_protocol(args.protocol, **({} if args.ipc is None else {"ipc": args.ipc}))
+    resolved = method_options(args.method, args.protocol, protocol, options)  # unknown method/options fail first
+    view = _load_images(args.dataset, args.image_file, args.data_root, protocol)
+    proxy = make_image_condenser(args.method, **resolved).condense(view, protocol.ipc, args.seed, progress=True)
+    proxy.meta["protocol"] = {"name": args.protocol, **protocol.as_dict()}
+    proxy.meta["config"] = {**proxy.meta["config"], "image_file": str(args.image_file) if args.image_file else None}
+    save_proxy(proxy, args.out, overwrite=args.overwrite)
+    m = proxy.meta
+    print(f"{m['method']} proxy of {m['dataset']} (protocol '{args.protocol}'): {m['images_per_class']} images per "
+          f"class, {m['train_images']} training + {m['val_images']} validation images "
+          f"({100 * m['fraction_of_training_set']:.2f}% of the training set), "
+          f"{sum(m['timings'].values()):.1f} s -> {args.out}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .artifacts import load_proxy
     from .graph import FilterSpace, TrainProtocol, evaluate_proxy
     from .io import atomic_write_json
     from .runinfo import run_record
-    from .graph.report import plot_scores
+    from .report import plot_scores
 
     proxy = load_proxy(args.directory)
+    if proxy.kind == "image":
+        return _evaluate_images(args, proxy)
     data = _load_graph(args, proxy.meta["dataset"], proxy.meta["config"].get("graph_file"))
     lam = FilterSpace().sample(args.configs, args.config_seed)
     ev = evaluate_proxy(proxy, data, lam, TrainProtocol(seeds=tuple(range(args.seeds))))
@@ -110,10 +202,41 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"  Spearman {r['spearman']:.3f}  Kendall {r['kendall']:.3f}  top-5 {r['top_k']:.2f}  "
           f"regret {100 * r['regret']:.2f} pts  Perf {100 * r['perf']:.1f} (oracle {100 * r['oracle_perf']:.1f})")
     plot = args.plot or Path(f"{args.directory}-scores.png")
-    plot_scores(ev, plot, title=f"{proxy.meta['method']} on {proxy.meta['dataset']}")
+    plot_scores(ev.truth.val_acc, ev.proxy.val_loss, ev.report, plot, title=f"{proxy.meta['method']} on {proxy.meta['dataset']}")
     record = run_record({"proxy": str(args.directory), "configs": args.configs, "config_seed": args.config_seed,
                          "training_seeds": args.seeds}, args.config_seed, {"proxy_training": ev.proxy.seconds})
     record["results"] = {**r, "proxy_val_loss": ev.proxy.val_loss.tolist(), "true_val_acc": ev.truth.val_acc.tolist()}
+    atomic_write_json(plot.with_suffix(".json"), record)
+    print(f"  plot: {plot}; results: {plot.with_suffix('.json')}")
+    return 0
+
+
+def _evaluate_images(args: argparse.Namespace, proxy) -> int:
+    from .io import atomic_write_json
+    from .image.protocol import default_device, evaluate_image_proxy, image_ground_truth
+    from .report import plot_scores
+    from .runinfo import run_record
+
+    protocol = _proxy_protocol(proxy)
+    if args.archs is not None:
+        protocol = protocol.with_(num_archs=args.archs)
+    device = default_device(args.device)
+    view = _load_images(proxy.meta["dataset"], proxy.meta["config"].get("image_file"), args.data_root, protocol)
+    archs = protocol.architectures()
+    truth = image_ground_truth(view, archs, protocol, device=device)
+    ev = evaluate_image_proxy(proxy, view, archs, protocol, truth, device=device, progress=True)
+    r = ev.row()
+    print(f"{proxy.meta['method']} on {proxy.meta['dataset']} ({proxy.meta['images_per_class']} images per class), "
+          f"{len(archs)} NAS-Bench-201 architectures:")
+    print(f"  Spearman {r['spearman']:.3f}  Kendall {r['kendall']:.3f}  top-5 {r['top_k']:.2f}  "
+          f"regret {100 * r['regret']:.2f} pts  Perf {100 * r['perf']:.1f} (oracle {100 * r['oracle_perf']:.1f})")
+    plot = args.plot or Path(f"{args.directory}-scores.png")
+    plot_scores(truth.val_acc, ev.proxy_score, ev.report, plot, title=f"{proxy.meta['method']} on {proxy.meta['dataset']}",
+                ylabel="proxy validation accuracy")
+    record = run_record({"proxy": str(args.directory), "protocol": protocol.as_dict(), "device": str(device)}, None,
+                        {"ground_truth": truth.seconds, "proxy_training": ev.seconds})
+    record["results"] = {**r, **ev.scores(), "architectures": [a.to_str() for a in archs],
+                         "true_val_acc": truth.val_acc.tolist(), "true_test_acc": truth.test_acc.tolist()}
     atomic_write_json(plot.with_suffix(".json"), record)
     print(f"  plot: {plot}; results: {plot.with_suffix('.json')}")
     return 0
@@ -130,18 +253,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .runinfo import run_record
 
     make_sampler(args.sampler, args.seed)  # bad settings fail before anything is loaded or written
-    if args.trials < 1 or args.batch < 1 or args.seeds < 1 or args.finalists < 0:
+    batch, seeds = args.batch, args.seeds
+    if args.trials < 1 or (batch is not None and batch < 1) or (seeds is not None and seeds < 1) or args.finalists < 0:
         raise ConfigError(f"--trials, --batch and --seeds must be >= 1 and --finalists >= 0 (got {args.trials}, "
-                          f"{args.batch}, {args.seeds}, {args.finalists})")
+                          f"{batch}, {seeds}, {args.finalists})")
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a directory")
     result_file, journal = args.out / "search.json", args.out / "study.journal"
     if result_file.exists() and not args.overwrite:
         raise ConfigError(f"{args.out} already holds a finished search (pass --overwrite to start afresh)")
-    if args.proxy is not None:
-        proxy = load_proxy(args.proxy)
-        if proxy.kind != "graph":
-            raise ConfigError(f"{args.proxy} is an {proxy.kind} proxy; hcdc search tunes graph filters")
+    proxy = load_proxy(args.proxy) if args.proxy is not None else None
+    if (proxy.kind if proxy is not None else _kind(args)) == "image":
+        return _search_images(args, proxy, result_file, journal)
+    if proxy is not None:
         data = _load_graph(args, proxy.meta["dataset"], proxy.meta["config"].get("graph_file"))
         graph, evaluate_on = proxy_graphs(proxy)
         target = {"proxy": str(args.proxy.resolve()), "method": proxy.meta["method"], "ratio": proxy.meta["ratio"]}
@@ -149,12 +273,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
         data = _load_graph(args)
         graph, evaluate_on = NodeGraph.from_graph_data(data), None
         target = {"graph": data.name}
-    if args.overwrite:
-        for path in (result_file, journal):
-            path.unlink(missing_ok=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    space, protocol = FilterSpace(), TrainProtocol(seeds=tuple(range(args.seeds)))
-    found = search_filters(graph, space, protocol, args.trials, args.sampler, args.seed, args.batch, evaluate_on,
+    _fresh_output(args, result_file, journal)
+    batch = 16 if batch is None else batch
+    space, protocol = FilterSpace(), TrainProtocol(seeds=tuple(range(1 if seeds is None else seeds)))
+    found = search_filters(graph, space, protocol, args.trials, args.sampler, args.seed, batch, evaluate_on,
                            journal=journal, context=target)
     on = f"the {target['method']} proxy {args.proxy}" if args.proxy is not None else f"{data.name} itself"
     lam = ", ".join(f"{v:+.3f}" for v in found.best.tolist())
@@ -169,9 +291,63 @@ def _cmd_search(args: argparse.Namespace) -> int:
         lam = ", ".join(f"{v:+.3f}" for v in picked["best"])
         print(f"  {len(final.lam)} best trial(s) trained on {data.name}: pick λ = [{lam}], validation accuracy "
               f"{100 * picked['val_acc_of_pick']:.1f} %, test accuracy {100 * picked['test_acc_of_pick']:.1f} %")
-    record = run_record({**target, "trials": args.trials, "sampler": args.sampler, "batch": args.batch,
+    record = run_record({**target, "trials": args.trials, "sampler": args.sampler, "batch": batch,
                          "training_seeds": args.seeds, "space": space.__dict__, "protocol": protocol.as_dict()},
                         args.seed, timings)
+    record["results"] = results
+    atomic_write_json(result_file, record)
+    print(f"  results: {result_file}")
+    return 0
+
+
+def _fresh_output(args: argparse.Namespace, result_file: Path, journal: Path) -> None:
+    """Make ``--out``; with ``--overwrite``, first drop a previous search's record and journal."""
+    if args.overwrite:
+        for path in (result_file, journal):
+            path.unlink(missing_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+
+def _search_images(args: argparse.Namespace, proxy, result_file: Path, journal: Path) -> int:
+    from .errors import ConfigError
+    from .image.protocol import default_device
+    from .image.search import proxy_objective, retrain_finalists, search_architectures, truth_objective
+    from .io import atomic_write_json
+    from .runinfo import run_record
+
+    if args.graph_file is not None:
+        raise ConfigError("--graph-file is for graph searches")
+    device = default_device(args.device)
+    if proxy is not None:
+        protocol = _proxy_protocol(proxy)
+        if args.seeds is not None:
+            protocol = protocol.with_(proxy_seeds=tuple(range(args.seeds)))
+        dataset, image_file = proxy.meta["dataset"], proxy.meta["config"].get("image_file")
+        target = {"proxy": str(args.proxy.resolve()), "method": proxy.meta["method"],
+                  "images_per_class": proxy.meta["images_per_class"]}
+    else:
+        protocol = _image_protocol(args.protocol, **({} if args.seeds is None else {"seeds": tuple(range(args.seeds))}))
+        dataset, image_file = args.dataset, args.image_file
+        target = {"dataset": dataset, "image_file": str(image_file) if image_file else None}
+    view = _load_images(dataset, image_file, args.data_root, protocol)
+    objective = proxy_objective(proxy, protocol, device) if proxy is not None else truth_objective(view, protocol, device)
+    _fresh_output(args, result_file, journal)
+    batch = 1 if args.batch is None else args.batch
+    context = {**target, "protocol": protocol.as_dict(), "device": device.type}
+    found = search_architectures(objective, args.trials, args.sampler, args.seed, batch, journal, context)
+    on = f"the {target['method']} proxy {args.proxy}" if proxy is not None else f"{view.name} itself"
+    print(f"{args.trials} trials ({args.sampler}, seed {args.seed}) on {on} in {found.seconds:.1f} s: "
+          f"best {found.best.to_str()}, objective {float(found.value.max()):.4f}")
+    timings, results = {"search": found.seconds}, found.as_dict()
+    if args.finalists > 0:  # the best architectures trained on the original data, as the ground truth is
+        final = retrain_finalists(view, found, args.finalists, protocol, device=device)
+        timings["finalists"] = final.truth.seconds
+        picked = results["original_data"] = final.as_dict()
+        print(f"  {len(final.truth.archs)} best architecture(s) trained on {view.name}: pick {picked['best']}, "
+              f"validation accuracy {100 * picked['val_acc_of_pick']:.1f} %, "
+              f"test accuracy {100 * picked['test_acc_of_pick']:.1f} %")
+    record = run_record({**context, "trials": args.trials, "sampler": args.sampler, "batch": batch,
+                         "finalists": args.finalists}, args.seed, timings)
     record["results"] = results
     atomic_write_json(result_file, record)
     print(f"  results: {result_file}")
@@ -215,11 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None)
     p.set_defaults(func=_cmd_demo, graph_file=None)
 
-    p = sub.add_parser("condense", help="condense a graph into a proxy directory")
-    p.add_argument("--dataset", default="cora", help="registered graph dataset (default: cora)")
+    p = sub.add_parser("condense", help="condense a graph or an image dataset into a proxy directory")
+    p.add_argument("--dataset", default="cora", help="registered dataset, graph or image (default: cora)")
     p.add_argument("--graph-file", type=Path, default=None, help="a graph .npz instead of a registered dataset")
-    p.add_argument("--method", default="hcdc", help="random, gcond, gcond-x or hcdc")
-    p.add_argument("--ratio", type=float, default=0.5, help="synthetic training nodes per labelled node, in (0, 1]")
+    p.add_argument("--image-file", type=Path, default=None,
+                   help="an image dataset instead: .npz (x uint8 NHWC, y), CIFAR batch folder, or image folder")
+    p.add_argument("--method", default="hcdc", help="graphs: random, gcond, gcond-x or hcdc; images: random, kcenter, "
+                                                    "herding, dc, dsa, dm, kip, tm or hcdc")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="graphs: synthetic training nodes per labelled node, in (0, 1] (default 0.5)")
+    p.add_argument("--ipc", type=int, default=None, help="images: synthetic training images per class (default: the protocol's)")
+    p.add_argument("--protocol", default="cpu", help="images: the image protocol (cpu, full or smoke; default cpu) that "
+                                                     "fixes resolution, subsets, the network and each method's recipe")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--options", default=None, help="condenser options as a JSON object")
     p.add_argument("--out", type=Path, required=True)
@@ -232,27 +415,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", type=int, default=80)
     p.add_argument("--config-seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=2, help="training seeds per configuration")
+    p.add_argument("--archs", type=int, default=None,
+                   help="image proxies: the first N of the committed architectures (default: the proxy's protocol's)")
+    p.add_argument("--device", default=None, help="image proxies: cpu or cuda (default: cuda when available)")
     p.add_argument("--plot", type=Path, default=None, help="PNG of proxy score vs true accuracy (default: DIR-scores.png; results beside it as .json)")
     p.add_argument("--data-root", type=Path, default=None)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("search", help="Optuna search over the filter coefficients on a proxy (or on the original "
-                                      "graph), its best trials trained on the original graph")
+    p = sub.add_parser("search", help="Optuna search on a proxy (or on the original data): graph filter coefficients "
+                                      "or NAS-Bench-201 cells; its best trials trained on the original data")
     p.add_argument("proxy", type=Path, nargs="?", default=None, metavar="PROXY_DIR",
-                   help="a graph proxy from hcdc condense (default: search the original graph)")
-    p.add_argument("--dataset", default="cora", help="the original graph when no proxy is given (default: cora)")
+                   help="a proxy from hcdc condense (default: search the original data)")
+    p.add_argument("--dataset", default="cora", help="the original data when no proxy is given (default: cora)")
     p.add_argument("--graph-file", type=Path, default=None, help="a graph .npz instead of --dataset")
+    p.add_argument("--image-file", type=Path, default=None, help="an image dataset instead of --dataset")
+    p.add_argument("--protocol", default="cpu", help="image search without a proxy: the image protocol (default cpu)")
+    p.add_argument("--device", default=None, help="images: cpu or cuda (default: cuda when available)")
     p.add_argument("--trials", type=int, default=64)
     p.add_argument("--sampler", default="tpe", help="Optuna sampler: tpe or random")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
-    p.add_argument("--batch", type=int, default=16, help="trials trained at once as one stacked model")
-    p.add_argument("--seeds", type=int, default=1, help="training seeds per trial")
+    p.add_argument("--batch", type=int, default=None, help="trials asked at once (graphs: trained as one stacked model, "
+                                                            "default 16; images: default 1)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="training seeds per trial (graphs: default 1; images: default the protocol's)")
     p.add_argument("--out", type=Path, required=True,
                    help="directory for search.json and the Optuna journal (rerun the command to resume a stopped search)")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a directory that holds a search")
     p.add_argument("--finalists", type=int, default=1,
-                   help="train the K best trials on the original graph (2 seeds) and pick the best by its validation "
-                        "accuracy there (default 1: just report the best trial's accuracy; 0: skip)")
+                   help="train the K best trials on the original data (graphs: 2 seeds; images: the ground truth's protocol) "
+                        "and pick the best by its validation accuracy there (default 1: just report the best trial's accuracy; 0: skip)")
     p.add_argument("--data-root", type=Path, default=None)
     p.set_defaults(func=_cmd_search)
 

@@ -15,7 +15,7 @@ from ..data.graph import GraphData
 from .condensers import make_condenser
 from .evaluate import evaluate_proxy
 from .groundtruth import ground_truth
-from .report import markdown_table, plot_scores
+from ..report import markdown_table, plot_scores
 from .space import FilterSpace, TrainProtocol
 
 DEMO_GCOND = {"epochs": 40}
@@ -42,7 +42,7 @@ def run_demo(data: GraphData, out: Path, configs: int = 24, ratio: float = 0.25,
                      "oracle": 100 * ev.oracle_perf, "condense_s": condense_s, "eval_s": time.perf_counter() - start})
         print(f"{method}: rho={ev.report['spearman']:.3f}", flush=True)
         if method == "hcdc":
-            plot_scores(ev, out / "hcdc_scores.png", title=f"HCDC on {data.name}")
+            plot_scores(ev.truth.val_acc, ev.proxy.val_loss, ev.report, out / "hcdc_scores.png", title=f"HCDC on {data.name}")
     table = markdown_table(rows, [("method", "method", ""), ("r", "r", ""), ("nodes", "train+val nodes", ""),
                                   ("spearman", "Spearman ρ", ".3f"), ("kendall", "Kendall τ", ".3f"),
                                   ("perf", "Perf (test %)", ".1f"), ("oracle", "whole-graph Perf", ".1f"),

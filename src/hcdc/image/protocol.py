@@ -548,6 +548,29 @@ def proxy_images(proxy: Proxy, protocol: ImageProtocol) -> tuple[Tensor, Tensor]
     return x, proxy.tensors["y"]
 
 
+def proxy_parts(proxy: Proxy, protocol: ImageProtocol) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x_train, y_train, x_val, y_val) of an image proxy, its images at the protocol's resolution."""
+    if proxy.kind != "image":
+        raise ConfigError(f"expected an image proxy, got a {proxy.kind} proxy")
+    x, y = proxy_images(proxy, protocol)
+    train, val = proxy.tensors["train_mask"], proxy.tensors["val_mask"]
+    return x[train], y[train], x[val], y[val]
+
+
+def score_on_proxy(arch: Architecture, proxy: Proxy, protocol: ImageProtocol, *,
+                   device: torch.device | str | None = None) -> dict[str, float]:
+    """The proxy's numbers for ``arch``: trained ``protocol.proxy_epochs`` epochs on the proxy's training part
+    once per seed of ``protocol.proxy_seeds``, scored on its validation part; mean ``acc`` and ``loss``."""
+    device = default_device(device)
+    x_tr, y_tr, x_val, y_val = (t.to(device) for t in proxy_parts(proxy, protocol))
+    runs = []
+    for seed in protocol.seeds_on_proxy:
+        params = train_architecture(arch, x_tr, y_tr, protocol, seed, num_classes=proxy.num_classes,
+                                    epochs=protocol.epochs_on_proxy, device=device)
+        runs.append(score_architecture(arch, params, x_val, y_val, protocol, device=device))
+    return {"acc": float(np.mean([r["acc"] for r in runs])), "loss": float(np.mean([r["loss"] for r in runs]))}
+
+
 def evaluate_image_proxy(
     proxy: Proxy,
     data: ImageData | None,
@@ -581,18 +604,11 @@ def evaluate_image_proxy(
         raise ConfigError(f"the proxy is of '{proxy.meta['dataset']}' with {proxy.num_classes} classes, "
                           f"the data '{data.name}' has {data.num_classes}")
     device = default_device(device)
-    x, y = proxy_images(proxy, protocol)
-    train, val = proxy.tensors["train_mask"], proxy.tensors["val_mask"]
-    x_tr, y_tr, x_val, y_val = x[train].to(device), y[train].to(device), x[val].to(device), y[val].to(device)
     acc, loss = [], []
     for arch in tqdm(archs, desc=f"proxy {proxy.meta['method']}", unit="arch", disable=not progress):
-        runs = []
-        for seed in protocol.seeds_on_proxy:
-            params = train_architecture(arch, x_tr, y_tr, protocol, seed, num_classes=proxy.num_classes,
-                                        epochs=protocol.epochs_on_proxy, device=device)
-            runs.append(score_architecture(arch, params, x_val, y_val, protocol, device=device))
-        acc.append(float(np.mean([r["acc"] for r in runs])))
-        loss.append(float(np.mean([r["loss"] for r in runs])))
+        result = score_on_proxy(arch, proxy, protocol, device=device)
+        acc.append(result["acc"])
+        loss.append(result["loss"])
     acc_t, loss_t = torch.tensor(acc, dtype=torch.float64), torch.tensor(loss, dtype=torch.float64)
     score = proxy_score(acc_t, loss_t)
     true = truth.val_acc.numpy()
@@ -609,5 +625,5 @@ def evaluate_image_proxy(
 __all__ = [
     "PROTOCOLS", "ImageGroundTruth", "ImageProtocol", "ImageProxyEvaluation", "class_subset", "data_fingerprint",
     "default_device", "downsample", "evaluate_image_proxy", "get_protocol", "ground_truth_path", "image_ground_truth",
-    "prepare_data", "proxy_images", "proxy_score", "score_architecture", "train_architecture",
+    "prepare_data", "proxy_images", "proxy_parts", "proxy_score", "score_on_proxy", "score_architecture", "train_architecture",
 ]

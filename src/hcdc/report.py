@@ -1,15 +1,18 @@
-"""Figures and tables for graph proxies: proxy score against true accuracy, results tables."""
+"""Figures and tables of proxy evaluations: a proxy's score against true accuracy, results tables."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import atomic_write_bytes
-from .evaluate import ProxyEvaluation
+from typing import Sequence
+
+from .io import atomic_write_bytes
 
 
-def plot_scores(ev: ProxyEvaluation, path: str | Path, title: str) -> Path:
-    """Scatter of each configuration's proxy validation loss against its true validation accuracy (PNG)."""
+def plot_scores(true_acc: Sequence[float], proxy_score: Sequence[float], report: dict, path: str | Path, title: str,
+                ylabel: str = "proxy validation loss") -> Path:
+    """Scatter of each configuration's proxy score against its true validation accuracy (a PNG at ``path``),
+    with the Spearman and Kendall of ``report`` (:func:`hcdc.metrics.ranking_report`) in the title."""
     import io
 
     import matplotlib
@@ -18,10 +21,10 @@ def plot_scores(ev: ProxyEvaluation, path: str | Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 3.6), dpi=120)
-    ax.scatter(ev.truth.val_acc.numpy() * 100, ev.proxy.val_loss.numpy(), s=14, alpha=0.8)
+    ax.scatter([100 * float(a) for a in true_acc], [float(v) for v in proxy_score], s=14, alpha=0.8)
     ax.set_xlabel("true validation accuracy (%)")
-    ax.set_ylabel("proxy validation loss")
-    ax.set_title(f"{title}: ρ = {ev.report['spearman']:.2f}, τ = {ev.report['kendall']:.2f}", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title}: ρ = {report['spearman']:.2f}, τ = {report['kendall']:.2f}", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
