@@ -1,0 +1,142 @@
+"""The command line on image data: condense an image set, evaluate its proxy, search NAS-Bench-201 cells on it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hcdc.artifacts import load_proxy, save_proxy
+from hcdc.cli import main
+from hcdc.data import load_image_file
+from hcdc.image.protocol import PROTOCOLS, image_ground_truth, prepare_data
+from hcdc.image.search import ArchitectureSearch, search_architectures, trial_value
+from hcdc.image.space import Architecture
+from image_toys import toy_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SMOKE = PROTOCOLS["smoke"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HCDC_CACHE", str(tmp_path / "cache"))
+
+
+def _image_file(path):
+    """A toy image set in the generic .npz format: 3 classes of colour blobs, 8x8, with a test split."""
+    data = toy_images(classes=3, train=40, val=0, size=8, seed=1)
+    test = toy_images(classes=3, train=4, val=0, size=8, seed=2)
+    np.savez(path, x=data.x_train.numpy(), y=data.y_train.numpy(), x_test=test.x_train.numpy(), y_test=test.y_train.numpy())
+    return path
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_condense_evaluate_and_search_an_image_file(tmp_path, capsys):
+    images = _image_file(tmp_path / "blobs.npz")
+    proxy_dir = tmp_path / "dc"
+    code, out, _ = _run(capsys, "condense", "--image-file", images, "--method", "dc", "--protocol", "smoke", "--ipc", 3,
+                        "--out", proxy_dir)
+    assert code == 0 and "3 images per class" in out
+    proxy = load_proxy(proxy_dir)
+    assert proxy.kind == "image" and proxy.meta["images_per_class"] == 3 and int(proxy.tensors["train_mask"].sum()) == 9
+    assert proxy.meta["protocol"] == {"name": "smoke", **SMOKE.with_(ipc=3).as_dict()}
+    assert proxy.meta["config"]["iterations"] == 1  # the smoke recipe (hcdc.image.recipes), not DC's 1000
+    assert proxy.tensors["x"].shape[-2:] == (SMOKE.resolution, SMOKE.resolution)
+
+    code, out, _ = _run(capsys, "evaluate", proxy_dir, "--plot", tmp_path / "dc.png")
+    assert code == 0 and "3 NAS-Bench-201 architectures" in out and "Spearman" in out
+    record = json.loads((tmp_path / "dc.json").read_text())
+    view = prepare_data(load_image_file(images), SMOKE.with_(ipc=3))
+    truth = image_ground_truth(view, SMOKE.architectures(), SMOKE.with_(ipc=3), progress=False)
+    assert record["results"]["true_val_acc"] == truth.val_acc.tolist()  # the same (cached) ground truth
+    assert len(record["results"]["score"]) == 3 and (tmp_path / "dc.png").stat().st_size > 0
+
+    code, out, _ = _run(capsys, "search", proxy_dir, "--trials", 5, "--finalists", 2, "--out", tmp_path / "s1")
+    assert code == 0 and "best architecture(s) trained on blobs" in out
+    found = json.loads((tmp_path / "s1" / "search.json").read_text())["results"]
+    assert len(found["archs"]) == 5 and found["best"] in found["archs"]
+    final = found["original_data"]
+    best_two = [found["archs"][i] for i in np.argsort([-v for v in found["value"]], kind="stable")]
+    assert final["archs"] == list(dict.fromkeys(best_two))[:2]
+    retrained = image_ground_truth(view, [Architecture.parse(a) for a in final["archs"]], SMOKE.with_(ipc=3), progress=False)
+    assert final["val_acc"] == retrained.val_acc.tolist() and final["pick"] == int(retrained.val_acc.argmax())
+
+    # same seed, same search; a stopped search resumes from its journal with the trials it had
+    assert _run(capsys, "search", proxy_dir, "--trials", 5, "--finalists", 0, "--out", tmp_path / "s2")[0] == 0
+    again = json.loads((tmp_path / "s2" / "search.json").read_text())["results"]
+    assert again["archs"] == found["archs"] and again["value"] == found["value"]
+    (tmp_path / "s2" / "search.json").unlink()
+    assert _run(capsys, "search", proxy_dir, "--trials", 7, "--finalists", 0, "--out", tmp_path / "s2")[0] == 0
+    more = json.loads((tmp_path / "s2" / "search.json").read_text())["results"]
+    assert more["archs"][:5] == found["archs"] and len(more["archs"]) == 7
+
+
+def test_search_on_the_original_images_scores_trials_by_the_ground_truth(tmp_path, capsys):
+    images = _image_file(tmp_path / "blobs.npz")
+    code, _, _ = _run(capsys, "search", "--image-file", images, "--protocol", "smoke", "--trials", 4, "--finalists", 1,
+                      "--out", tmp_path / "whole")
+    assert code == 0
+    found = json.loads((tmp_path / "whole" / "search.json").read_text())["results"]
+    view = prepare_data(load_image_file(images), SMOKE)
+    truth = image_ground_truth(view, [Architecture.parse(a) for a in found["archs"]], SMOKE, progress=False)
+    expected = [trial_value(a, loss) for a, loss in zip(truth.val_acc.tolist(), truth.val_loss.tolist())]
+    assert found["value"] == pytest.approx(expected, abs=1e-12)
+    assert found["original_data"]["val_acc_of_pick"] == pytest.approx(max(truth.val_acc.tolist()))
+
+
+def test_architecture_search_maximises_a_known_objective():
+    """TPE over the 15,625 cells finds the optimum of a separable objective (the number of edges that agree
+    with a target cell) in 120 trials; random search would find it with probability 120 / 5^6 < 1 %."""
+    target = Architecture.parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|")
+    objective = lambda a: float(sum(o == t for o, t in zip(a.ops, target.ops)))  # noqa: E731
+    found = search_architectures(objective, trials=120, sampler="tpe", seed=0, progress=False)
+    assert isinstance(found, ArchitectureSearch) and found.best == target and found.value.max() == 6
+    assert found.ranked(3)[0] == found.best and len(set(found.ranked(10))) == 10
+    failing = search_architectures(lambda a: float("nan") if a.ops[0] == 0 else 1.0, trials=8, sampler="random",
+                                   seed=0, progress=False)
+    assert all((v == -float("inf")) == (a.ops[0] == 0) for a, v in zip(failing.archs, failing.value.tolist()))
+    assert failing.best.ops[0] != 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["condense", "--dataset", "cifar10", "--method", "gcond", "--protocol", "smoke"], "unknown image condenser 'gcond'"),
+    (["condense", "--dataset", "cifar10", "--ratio", "0.5"], "--ratio is for graphs"),
+    (["condense", "--dataset", "cora", "--ipc", "5"], "--ipc is for image datasets"),
+    (["condense", "--dataset", "cifar10", "--protocol", "gpu"], "unknown image protocol 'gpu'"),
+    (["condense", "--dataset", "cifar10", "--method", "dm", "--protocol", "smoke", "--options", '{"iters": 2}'],
+     "unknown option"),
+    (["condense", "--image-file", "IMAGES", "--method", "random", "--protocol", "smoke", "--ipc", "0"], "ipc"),
+    (["condense", "--image-file", "IMAGES", "--method", "random", "--protocol", "smoke", "--ipc", "500"], "ipc"),
+    (["condense", "--image-file", "IMAGES", "--graph-file", "IMAGES"], "not both"),
+    (["condense", "--image-file", "MISSING.npz", "--method", "random", "--protocol", "smoke"], "missing file"),
+])
+def test_bad_image_input_to_condense_is_one_line_exit_2_and_no_output(tmp_path, capsys, argv, message):
+    images = _image_file(tmp_path / "blobs.npz")
+    argv = [str(images) if a == "IMAGES" else str(tmp_path / a) if a == "MISSING.npz" else a for a in argv]
+    code, _, err = _run(capsys, *argv, "--out", tmp_path / "proxy")
+    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("hcdc: error: ")
+    assert not (tmp_path / "proxy").exists()
+
+
+def test_an_image_proxy_without_a_protocol_is_refused_clearly(tmp_path, capsys):
+    images = _image_file(tmp_path / "blobs.npz")
+    assert _run(capsys, "condense", "--image-file", images, "--method", "random", "--protocol", "smoke",
+                "--out", tmp_path / "p")[0] == 0
+    proxy = load_proxy(tmp_path / "p")
+    del proxy.meta["protocol"]
+    save_proxy(proxy, tmp_path / "bare")
+    for argv in (["evaluate", tmp_path / "bare"], ["search", tmp_path / "bare", "--out", tmp_path / "s"]):
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and "records no protocol" in err
+    assert not (tmp_path / "s").exists()
+    code, _, err = _run(capsys, "search", tmp_path / "p", "--graph-file", images, "--out", tmp_path / "s")
+    assert code == 2 and "--graph-file is for graph searches" in err and not (tmp_path / "s").exists()
+    assert torch.equal(load_proxy(tmp_path / "p").tensors["y"], proxy.tensors["y"])
