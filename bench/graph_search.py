@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from graph_table import _mean_std, break_even, cached_proxy  # noqa: E402  (the table's proxy cache and helpers)
+from graph_table import break_even, cached_proxy  # noqa: E402  (the table's proxy cache and helpers)
 
 from hcdc.data import load_dataset  # noqa: E402
 from hcdc.errors import exit_on_user_error  # noqa: E402
@@ -32,6 +32,7 @@ from hcdc.graph.evaluate import proxy_graphs  # noqa: E402
 from hcdc.report import markdown_table  # noqa: E402
 from hcdc.graph.search import retrain_finalists, search_filters  # noqa: E402
 from hcdc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
+from hcdc.metrics import mean_std  # noqa: E402
 from hcdc.runinfo import machine_info, package_versions  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -67,7 +68,7 @@ def run_dataset(name: str, args, protocol: TrainProtocol) -> tuple[dict, list[di
             mean = {k: statistics.fmean(r[k] for r in runs)
                     for k in ("condense_seconds", "search_seconds", "finalists_seconds")}
             total = sum(mean.values())
-            top1, perf = _mean_std([r["perf_top1"] for r in runs]), _mean_std([r["perf"] for r in runs])
+            top1, perf = mean_std([r["perf_top1"] for r in runs]), mean_std([r["perf"] for r in runs])
             extra = mean["condense_seconds"] + mean["finalists_seconds"] - reference["finalists_seconds"]
             row = {"dataset": name, "method": method, "r": ratio, **mean, "total_seconds": total,
                    "whole_total_seconds": reference["total_seconds"], "search_speedup": whole.seconds / mean["search_seconds"],

@@ -34,7 +34,7 @@ from hcdc.graph import (FilterProblem, FilterSpace, NodeGraph, TrainProtocol, ev
                         make_condenser, proxy_problem, score_configs)
 from hcdc.graph.evaluate import proxy_graphs
 from hcdc.report import markdown_table
-from hcdc.metrics import spearman
+from hcdc.metrics import mean_std, spearman
 from hcdc.io import atomic_write_bytes, atomic_write_json
 from hcdc.paths import cache_dir
 from hcdc.runinfo import machine_info, package_versions
@@ -117,10 +117,6 @@ def break_even(condense_seconds: float, whole_per_config: float, proxy_per_confi
     return condense_seconds / gain if gain > 0 else None
 
 
-def _mean_std(values):
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def run_cell(data, lam, lam_ho, gt, gt_ho, protocol, proxy_protocol, method, ratio, seeds, options, whole) -> dict:
     evals, evals_ho, condense_s, eval_s, proxies, hpo = [], [], [], [], [], []
     for seed in seeds:
@@ -133,8 +129,8 @@ def run_cell(data, lam, lam_ho, gt, gt_ho, protocol, proxy_protocol, method, rat
         condense_s.append(seconds)
         proxies.append(proxy)
         hpo.append(hpo_perf(proxy_problem(proxy), data, FilterSpace(), protocol)[0])
-    sp = _mean_std([e.report["spearman"] for e in evals])
-    sp_ho = _mean_std([e.report["spearman"] for e in evals_ho])
+    sp = mean_std([e.report["spearman"] for e in evals])
+    sp_ho = mean_std([e.report["spearman"] for e in evals_ho])
     proxy_per_config = statistics.fmean(e.row()["proxy_seconds_per_config"] for e in evals)
     whole_per_config = whole["seconds_per_config"]
     meta = proxies[0].meta
@@ -147,7 +143,7 @@ def run_cell(data, lam, lam_ho, gt, gt_ho, protocol, proxy_protocol, method, rat
         "top5_mean": statistics.fmean(e.report["top_k"] for e in evals),
         "regret_mean": statistics.fmean(e.report["regret"] for e in evals),
         "perf_mean": statistics.fmean(e.perf for e in evals), "whole_graph_perf": evals[0].oracle_perf,
-        "perf_hpo_mean": statistics.fmean(hpo), "perf_hpo_std": _mean_std(hpo)[1], "whole_graph_hpo_perf": whole["hpo_perf"],
+        "perf_hpo_mean": statistics.fmean(hpo), "perf_hpo_std": mean_std(hpo)[1], "whole_graph_hpo_perf": whole["hpo_perf"],
         "heldout_spearman_mean": sp_ho[0], "heldout_spearman_std": sp_ho[1],
         "condense_seconds": statistics.fmean(condense_s), "eval_seconds": statistics.fmean(eval_s),
         "condense_stage_seconds": {k: statistics.fmean(p.meta["timings"][k] for p in proxies) for k in meta["timings"]},

@@ -37,6 +37,7 @@ from hcdc.image.protocol import PROTOCOLS, data_fingerprint, default_device, ima
 from hcdc.image.recipes import method_options  # noqa: E402
 from hcdc.image.search import proxy_objective, retrain_finalists, search_architectures, truth_objective  # noqa: E402
 from hcdc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
+from hcdc.metrics import mean_std  # noqa: E402
 from hcdc.report import markdown_table  # noqa: E402
 from hcdc.runinfo import machine_info, package_versions  # noqa: E402
 
@@ -51,11 +52,6 @@ def finalists(view, found, k: int, protocol, device) -> dict:
             "perf_top1": float(t.test_acc[0]), "perf": float(t.test_acc[final.pick]),
             "val_acc_top1": float(t.val_acc[0]), "val_acc": float(t.val_acc[final.pick]),
             "finalists_seconds": t.compute_seconds}
-
-
-def _mean_std(values) -> tuple[float, float]:
-    values = list(values)
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 COLUMNS = [("method", "method", ""), ("ipc", "ipc", ""), ("condense_seconds", "condense s", ".0f"),
@@ -149,7 +145,7 @@ def main(argv=None) -> dict:
                          "trials": found.as_dict()})
         mean = {k: statistics.fmean(r[k] for r in runs) for k in ("condense_seconds", "search_seconds", "finalists_seconds")}
         total = sum(mean.values())
-        top1, perf = _mean_std(r["perf_top1"] for r in runs), _mean_std(r["perf"] for r in runs)
+        top1, perf = mean_std([r["perf_top1"] for r in runs]), mean_std([r["perf"] for r in runs])
         row = {"method": method, "ipc": protocol.ipc, **mean, "total_seconds": total,
                "time_saving": ref["total_seconds"] / total, "perf_top1_mean": top1[0], "perf_top1_std": top1[1],
                "perf_mean": perf[0], "perf_std": perf[1], "runs": runs}

@@ -58,7 +58,7 @@ from hcdc.io import (
     merge_json_entries,
     read_json_entries,
 )
-from hcdc.metrics import seed_agreement
+from hcdc.metrics import mean_std, seed_agreement
 from hcdc.paths import cache_dir
 from hcdc.runinfo import machine_info, package_versions
 
@@ -155,11 +155,6 @@ def cached_evaluation(proxy, proxy_key: str, view, archs, protocol, truth, devic
     return record
 
 
-def _mean_std(values) -> tuple[float, float]:
-    values = list(values)
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def run_method(view, fingerprint, archs, protocol, truth, method, ipc, seeds, options, device, dataset) -> dict:
     per_seed, condense_s, eval_s, stages, dirs, alignment = [], [], [], [], [], []
     meta = None
@@ -175,7 +170,7 @@ def run_method(view, fingerprint, archs, protocol, truth, method, ipc, seeds, op
         dirs.append(str(path))
         meta = proxy.meta
         per_seed.append({"seed": seed, "cached_proxy": cached, **record})
-    sp, kd, pf = (_mean_std(r[k] for r in per_seed) for k in ("spearman", "kendall", "perf"))
+    sp, kd, pf = (mean_std([r[k] for r in per_seed]) for k in ("spearman", "kendall", "perf"))
     paper = PAPER.get(dataset, {}).get(method, (None, None))
     return {
         "method": method, "ipc": ipc, "condense_seeds": list(seeds), "options": options,

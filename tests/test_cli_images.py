@@ -11,6 +11,7 @@ import torch
 from hcdc.artifacts import load_proxy, save_proxy
 from hcdc.cli import main
 from hcdc.data import load_image_file
+from hcdc.errors import ConfigError
 from hcdc.image.protocol import PROTOCOLS, image_ground_truth, prepare_data
 from hcdc.image.search import ArchitectureSearch, search_architectures, trial_value
 from hcdc.image.space import Architecture
@@ -50,6 +51,8 @@ def test_condense_evaluate_and_search_an_image_file(tmp_path, capsys):
     assert proxy.meta["protocol"] == {"name": "smoke", **SMOKE.with_(ipc=3).as_dict()}
     assert proxy.meta["config"]["iterations"] == 1  # the smoke recipe (hcdc.image.recipes), not DC's 1000
     assert proxy.tensors["x"].shape[-2:] == (SMOKE.resolution, SMOKE.resolution)
+    code, out, _ = _run(capsys, "info", proxy_dir)
+    assert code == 0 and "protocol: smoke" in out and "proxy_epochs 5" in out
 
     code, out, _ = _run(capsys, "evaluate", proxy_dir, "--plot", tmp_path / "dc.png")
     assert code == 0 and "3 NAS-Bench-201 architectures" in out and "Spearman" in out
@@ -140,3 +143,33 @@ def test_an_image_proxy_without_a_protocol_is_refused_clearly(tmp_path, capsys):
     code, _, err = _run(capsys, "search", tmp_path / "p", "--graph-file", images, "--out", tmp_path / "s")
     assert code == 2 and "--graph-file is for graph searches" in err and not (tmp_path / "s").exists()
     assert torch.equal(load_proxy(tmp_path / "p").tensors["y"], proxy.tensors["y"])
+
+
+def test_image_search_bench_compares_proxy_studies_with_the_original_data_study(tmp_path, monkeypatch):
+    from conftest import load_bench
+
+    bench = load_bench("image_search")
+    with pytest.raises(ConfigError, match="unknown image condenser"):
+        bench.main(["--protocol", "smoke", "--methods", "gcond", "--out-dir", str(tmp_path)])
+    monkeypatch.setattr(bench, "load_dataset", lambda name, root=None: toy_images(classes=3, train=20, val=10))
+    args = ["--protocol", "smoke", "--methods", "random", "dc", "--trials", "4", "--finalists", "2",
+            "--out-dir", str(tmp_path), "--name", "search_toy"]
+    result = bench.main(args)
+    ref, rows = result["original"], result["rows"]
+    assert [r["method"] for r in rows] == ["random", "dc"] and result["complete"]
+    view = prepare_data(toy_images(classes=3, train=20, val=10), SMOKE)
+    tried = [Architecture.parse(a) for a in ref["trials"]["archs"]]
+    truth = image_ground_truth(view, tried, SMOKE, progress=False)
+    assert ref["trials"]["value"] == pytest.approx([trial_value(a, v) for a, v in
+                                                    zip(truth.val_acc.tolist(), truth.val_loss.tolist())], abs=1e-12)
+    unique = image_ground_truth(view, list(dict.fromkeys(tried)), SMOKE, progress=False)
+    assert ref["search_seconds"] == pytest.approx(unique.compute_seconds)  # ground-truth cost of each cell once
+    for row in rows:
+        assert row["total_seconds"] == pytest.approx(row["condense_seconds"] + row["search_seconds"] + row["finalists_seconds"])
+        assert row["time_saving"] == pytest.approx(ref["total_seconds"] / row["total_seconds"])
+        run = row["runs"][0]
+        pick = image_ground_truth(view, [Architecture.parse(run["pick"])], SMOKE, progress=False)
+        assert run["perf"] == pytest.approx(float(pick.test_acc[0]))
+    again = bench.main(args)  # same seeds, same studies (the proxies come from the cache)
+    assert [r["runs"][0]["trials"]["archs"] for r in again["rows"]] == [r["runs"][0]["trials"]["archs"] for r in rows]
+    assert "original data" in (tmp_path / "search_toy.md").read_text()

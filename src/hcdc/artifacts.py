@@ -34,6 +34,8 @@ Keys of ``meta.json`` (extra keys are allowed and kept):
 * ``ratio`` (graph; number > 0): synthetic training nodes per labelled node of the original.
 * ``images_per_class`` (image; int >= 1): synthetic training images per class.
 * ``normalization`` (image): ``{"mean": [C floats], "std": [C floats > 0]}`` used on ``x``.
+* ``protocol`` (image, optional): the :class:`~hcdc.image.protocol.ImageProtocol` (its fields and
+  ``name``) that ``hcdc condense`` made the proxy under; ``hcdc evaluate`` / ``hcdc search`` train on it.
 * ``num_classes`` (int >= 1).
 * ``seeds`` (list or dict), ``config`` (dict, the full configuration),
   ``versions`` (dict, from :func:`hcdc.runinfo.package_versions`),
@@ -335,6 +337,11 @@ def describe_proxy(directory: str | os.PathLike) -> str:
     else:
         norm = meta["normalization"]
         lines.append(f"normalization: mean {norm['mean']}, std {norm['std']}")
+        protocol = meta.get("protocol")
+        if isinstance(protocol, dict):
+            fields = ", ".join(f"{k} {v}" for k, v in protocol.items() if k != "name")
+            lines.append(f"protocol: {protocol.get('name', '?')}")
+            lines.extend(textwrap.wrap(fields, **wrap))
     lines.append("tensors:")
     width = max(len(name) for name in proxy.tensors)
     for name, t in sorted(proxy.tensors.items()):

@@ -186,9 +186,7 @@ def _condense_images(args: argparse.Namespace, options: dict) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .artifacts import load_proxy
     from .graph import FilterSpace, TrainProtocol, evaluate_proxy
-    from .io import atomic_write_json
     from .runinfo import run_record
-    from .report import plot_scores
 
     proxy = load_proxy(args.directory)
     if proxy.kind == "image":
@@ -197,24 +195,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     lam = FilterSpace().sample(args.configs, args.config_seed)
     ev = evaluate_proxy(proxy, data, lam, TrainProtocol(seeds=tuple(range(args.seeds))))
     r = ev.row()
-    print(f"{proxy.meta['method']} on {proxy.meta['dataset']} (r={proxy.meta['ratio']}), {args.configs} configurations "
-          f"(seed {args.config_seed}):")
-    print(f"  Spearman {r['spearman']:.3f}  Kendall {r['kendall']:.3f}  top-5 {r['top_k']:.2f}  "
-          f"regret {100 * r['regret']:.2f} pts  Perf {100 * r['perf']:.1f} (oracle {100 * r['oracle_perf']:.1f})")
-    plot = args.plot or Path(f"{args.directory}-scores.png")
-    plot_scores(ev.truth.val_acc, ev.proxy.val_loss, ev.report, plot, title=f"{proxy.meta['method']} on {proxy.meta['dataset']}")
     record = run_record({"proxy": str(args.directory), "configs": args.configs, "config_seed": args.config_seed,
                          "training_seeds": args.seeds}, args.config_seed, {"proxy_training": ev.proxy.seconds})
     record["results"] = {**r, "proxy_val_loss": ev.proxy.val_loss.tolist(), "true_val_acc": ev.truth.val_acc.tolist()}
+    heading = (f"{proxy.meta['method']} on {proxy.meta['dataset']} (r={proxy.meta['ratio']}), {args.configs} "
+               f"configurations (seed {args.config_seed}):")
+    return _report_evaluation(args, proxy, heading, record, ev.truth.val_acc, ev.proxy.val_loss, "proxy validation loss")
+
+
+def _report_evaluation(args: argparse.Namespace, proxy, heading: str, record: dict, true_acc, proxy_values,
+                       ylabel: str) -> int:
+    """Print an evaluation's ranking numbers, draw proxy score against true accuracy, write the record beside it."""
+    from .io import atomic_write_json
+    from .report import plot_scores
+
+    r = record["results"]
+    print(heading)
+    print(f"  Spearman {r['spearman']:.3f}  Kendall {r['kendall']:.3f}  top-5 {r['top_k']:.2f}  "
+          f"regret {100 * r['regret']:.2f} pts  Perf {100 * r['perf']:.1f} (oracle {100 * r['oracle_perf']:.1f})")
+    plot = args.plot or Path(f"{args.directory}-scores.png")
+    plot_scores(true_acc, proxy_values, r, plot, title=f"{proxy.meta['method']} on {proxy.meta['dataset']}", ylabel=ylabel)
     atomic_write_json(plot.with_suffix(".json"), record)
     print(f"  plot: {plot}; results: {plot.with_suffix('.json')}")
     return 0
 
 
 def _evaluate_images(args: argparse.Namespace, proxy) -> int:
-    from .io import atomic_write_json
     from .image.protocol import default_device, evaluate_image_proxy, image_ground_truth
-    from .report import plot_scores
     from .runinfo import run_record
 
     protocol = _proxy_protocol(proxy)
@@ -225,21 +232,13 @@ def _evaluate_images(args: argparse.Namespace, proxy) -> int:
     archs = protocol.architectures()
     truth = image_ground_truth(view, archs, protocol, device=device)
     ev = evaluate_image_proxy(proxy, view, archs, protocol, truth, device=device, progress=True)
-    r = ev.row()
-    print(f"{proxy.meta['method']} on {proxy.meta['dataset']} ({proxy.meta['images_per_class']} images per class), "
-          f"{len(archs)} NAS-Bench-201 architectures:")
-    print(f"  Spearman {r['spearman']:.3f}  Kendall {r['kendall']:.3f}  top-5 {r['top_k']:.2f}  "
-          f"regret {100 * r['regret']:.2f} pts  Perf {100 * r['perf']:.1f} (oracle {100 * r['oracle_perf']:.1f})")
-    plot = args.plot or Path(f"{args.directory}-scores.png")
-    plot_scores(truth.val_acc, ev.proxy_score, ev.report, plot, title=f"{proxy.meta['method']} on {proxy.meta['dataset']}",
-                ylabel="proxy validation accuracy")
     record = run_record({"proxy": str(args.directory), "protocol": protocol.as_dict(), "device": str(device)}, None,
                         {"ground_truth": truth.seconds, "proxy_training": ev.seconds})
-    record["results"] = {**r, **ev.scores(), "architectures": [a.to_str() for a in archs],
+    record["results"] = {**ev.row(), **ev.scores(), "architectures": [a.to_str() for a in archs],
                          "true_val_acc": truth.val_acc.tolist(), "true_test_acc": truth.test_acc.tolist()}
-    atomic_write_json(plot.with_suffix(".json"), record)
-    print(f"  plot: {plot}; results: {plot.with_suffix('.json')}")
-    return 0
+    heading = (f"{proxy.meta['method']} on {proxy.meta['dataset']} ({proxy.meta['images_per_class']} images per class), "
+               f"{len(archs)} NAS-Bench-201 architectures:")
+    return _report_evaluation(args, proxy, heading, record, truth.val_acc, ev.proxy_acc, "proxy validation accuracy")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
