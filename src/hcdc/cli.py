@@ -97,13 +97,6 @@ def _kind(args: argparse.Namespace) -> str:
     return get_spec(args.dataset).kind
 
 
-def _image_protocol(name: str, **changes):
-    """The image protocol preset ``name`` with ``changes`` (ConfigError for unknown names or bad values)."""
-    from .image.protocol import get_protocol
-
-    return get_protocol(name).with_(**changes)
-
-
 def _load_images(dataset: str, image_file, data_root, protocol):
     """The image data a proxy or search is about, reduced by ``protocol`` (:func:`prepare_data`)."""
     from .data import get_spec, load_dataset, load_image_file
@@ -164,11 +157,12 @@ def _condense_images(args: argparse.Namespace, options: dict) -> int:
     from .artifacts import save_proxy
     from .errors import ConfigError
     from .image.condensers import make_image_condenser
+    from .image.protocol import get_protocol
     from .image.recipes import method_options
 
     if args.ratio is not None:
         raise ConfigError("--ratio is for graphs; an image proxy's size is --ipc (images per class)")
-    protocol = _image_protocol(args.protocol, **({} if args.ipc is None else {"ipc": args.ipc}))
+    protocol = get_protocol(args.protocol).with_(**({} if args.ipc is None else {"ipc": args.ipc}))
     resolved = method_options(args.method, args.protocol, protocol, options)  # unknown method/options fail first
     view = _load_images(args.dataset, args.image_file, args.data_root, protocol)
     proxy = make_image_condenser(args.method, **resolved).condense(view, protocol.ipc, args.seed, progress=True)
@@ -291,7 +285,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(f"  {len(final.lam)} best trial(s) trained on {data.name}: pick λ = [{lam}], validation accuracy "
               f"{100 * picked['val_acc_of_pick']:.1f} %, test accuracy {100 * picked['test_acc_of_pick']:.1f} %")
     record = run_record({**target, "trials": args.trials, "sampler": args.sampler, "batch": batch,
-                         "training_seeds": args.seeds, "space": space.__dict__, "protocol": protocol.as_dict()},
+                         "training_seeds": len(protocol.seeds), "space": space.__dict__, "protocol": protocol.as_dict()},
                         args.seed, timings)
     record["results"] = results
     atomic_write_json(result_file, record)
@@ -309,7 +303,7 @@ def _fresh_output(args: argparse.Namespace, result_file: Path, journal: Path) ->
 
 def _search_images(args: argparse.Namespace, proxy, result_file: Path, journal: Path) -> int:
     from .errors import ConfigError
-    from .image.protocol import default_device
+    from .image.protocol import default_device, get_protocol
     from .image.search import proxy_objective, retrain_finalists, search_architectures, truth_objective
     from .io import atomic_write_json
     from .runinfo import run_record
@@ -325,7 +319,7 @@ def _search_images(args: argparse.Namespace, proxy, result_file: Path, journal: 
         target = {"proxy": str(args.proxy.resolve()), "method": proxy.meta["method"],
                   "images_per_class": proxy.meta["images_per_class"]}
     else:
-        protocol = _image_protocol(args.protocol, **({} if args.seeds is None else {"seeds": tuple(range(args.seeds))}))
+        protocol = get_protocol(args.protocol).with_(**({} if args.seeds is None else {"seeds": tuple(range(args.seeds))}))
         dataset, image_file = args.dataset, args.image_file
         target = {"dataset": dataset, "image_file": str(image_file) if image_file else None}
     view = _load_images(dataset, image_file, args.data_root, protocol)

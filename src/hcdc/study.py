@@ -38,12 +38,6 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return SAMPLERS[name](seed)
 
 
-def check_budget(trials: int, batch: int) -> None:
-    """ConfigError unless a search has at least one trial and batches of at least one."""
-    if trials < 1 or batch < 1:
-        raise ConfigError(f"a search needs trials >= 1 and batch >= 1 (got {trials}, {batch})")
-
-
 def open_study(name: str, config: dict, journal: str | Path | None, direction: str) -> optuna.Study:
     """A new study, or the one kept in ``journal`` when it was made with the same ``config``.
 
@@ -72,11 +66,12 @@ def open_study(name: str, config: dict, journal: str | Path | None, direction: s
     return study
 
 
-def run_batched(study: optuna.Study, trials: int, batch: int, names: Sequence[str],
-                suggest: Callable[[optuna.Trial], Params], params_of: Callable[[dict], Params],
+def run_batched(name: str, config: dict, journal: str | Path | None, direction: str, trials: int, batch: int,
+                names: Sequence[str], suggest: Callable[[optuna.Trial], Params], params_of: Callable[[dict], Params],
                 score: Callable[[list[Params]], Sequence[float]], progress: bool = True,
                 desc: str = "search") -> list[tuple[Params, float]]:
-    """Run ``study`` until it has ``trials`` finished trials; return every finished trial's (params, value).
+    """Open the study (:func:`open_study`, after checking the budget, so bad settings leave no journal) and
+    run it until it has ``trials`` finished trials; return every finished trial's (params, value).
 
     ``suggest`` draws a trial's parameters (named ``names``) and returns them as ``Params``;
     ``params_of`` rebuilds ``Params`` from a stored trial's ``params`` dict (to re-score the trials an
@@ -84,7 +79,9 @@ def run_batched(study: optuna.Study, trials: int, batch: int, names: Sequence[st
     values, a non-finite value marking a failed trial (value ``nan`` in the result). ConfigError when
     every trial failed.
     """
-    check_budget(trials, batch)
+    if trials < 1 or batch < 1:
+        raise ConfigError(f"a search needs trials >= 1 and batch >= 1 (got {trials}, {batch})")
+    study = open_study(name, config, journal, direction)
     names = set(names)
     pending = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     for t in [t for t in pending if set(t.params) != names]:  # stopped between ask and suggest
@@ -112,4 +109,4 @@ def run_batched(study: optuna.Study, trials: int, batch: int, names: Sequence[st
     return [(params_of(t.params), t.value if t.state == optuna.trial.TrialState.COMPLETE else math.nan) for t in done]
 
 
-__all__ = ["FINISHED", "SAMPLERS", "check_budget", "make_sampler", "open_study", "run_batched"]
+__all__ = ["FINISHED", "SAMPLERS", "make_sampler", "open_study", "run_batched"]

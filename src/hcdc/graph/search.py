@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..study import check_budget, open_study, run_batched
+from ..study import run_batched
 from .space import FilterSpace, TrainProtocol
 from .train import NodeGraph, score_configs
 
@@ -63,14 +63,13 @@ def search_filters(graph: NodeGraph, space: FilterSpace, protocol: TrainProtocol
     """
     start = time.perf_counter()
     names = [f"lambda_{k}" for k in range(space.dim)]
-    check_budget(trials, batch)
-    study = open_study("hcdc-filter-search", {"sampler": sampler, "seed": seed, "batch": batch, "space": asdict(space),
-                                              "protocol": protocol.as_dict(), **(context or {})}, journal, "minimize")
+    config = {"sampler": sampler, "seed": seed, "batch": batch, "space": asdict(space), "protocol": protocol.as_dict(),
+              **(context or {})}
 
     def score(batch_lam: list[list[float]]) -> list[float]:
         return score_configs(graph, torch.tensor(batch_lam), protocol, evaluate_on=evaluate_on).val_loss.tolist()
 
-    done = run_batched(study, trials, batch, names, lambda t: [t.suggest_float(n, space.low, space.high) for n in names],
+    done = run_batched("hcdc-filter-search", config, journal, "minimize", trials, batch, names, lambda t: [t.suggest_float(n, space.low, space.high) for n in names],
                        lambda params: [params[n] for n in names], score, progress)
     lam = torch.tensor([p for p, _ in done])
     loss = torch.tensor([v if math.isfinite(v) else math.inf for _, v in done])

@@ -548,24 +548,27 @@ def proxy_images(proxy: Proxy, protocol: ImageProtocol) -> tuple[Tensor, Tensor]
     return x, proxy.tensors["y"]
 
 
-def proxy_parts(proxy: Proxy, protocol: ImageProtocol) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(x_train, y_train, x_val, y_val) of an image proxy, its images at the protocol's resolution."""
+def proxy_parts(proxy: Proxy, protocol: ImageProtocol,
+                device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x_train, y_train, x_val, y_val) of an image proxy, its images at the protocol's resolution (on ``device``,
+    default the CPU)."""
     if proxy.kind != "image":
         raise ConfigError(f"expected an image proxy, got a {proxy.kind} proxy")
     x, y = proxy_images(proxy, protocol)
     train, val = proxy.tensors["train_mask"], proxy.tensors["val_mask"]
-    return x[train], y[train], x[val], y[val]
+    return tuple(t.to(device) if device is not None else t for t in (x[train], y[train], x[val], y[val]))
 
 
-def score_on_proxy(arch: Architecture, proxy: Proxy, protocol: ImageProtocol, *,
-                   device: torch.device | str | None = None) -> dict[str, float]:
-    """The proxy's numbers for ``arch``: trained ``protocol.proxy_epochs`` epochs on the proxy's training part
-    once per seed of ``protocol.proxy_seeds``, scored on its validation part; mean ``acc`` and ``loss``."""
+def score_on_proxy(arch: Architecture, parts: tuple[Tensor, Tensor, Tensor, Tensor], num_classes: int,
+                   protocol: ImageProtocol, *, device: torch.device | str | None = None) -> dict[str, float]:
+    """A proxy's numbers for ``arch`` (``parts`` from :func:`proxy_parts`): trained ``protocol.proxy_epochs`` epochs
+    on the training part once per seed of ``protocol.proxy_seeds``, scored on the validation part; mean ``acc`` and
+    ``loss``."""
     device = default_device(device)
-    x_tr, y_tr, x_val, y_val = (t.to(device) for t in proxy_parts(proxy, protocol))
+    x_tr, y_tr, x_val, y_val = parts
     runs = []
     for seed in protocol.seeds_on_proxy:
-        params = train_architecture(arch, x_tr, y_tr, protocol, seed, num_classes=proxy.num_classes,
+        params = train_architecture(arch, x_tr, y_tr, protocol, seed, num_classes=num_classes,
                                     epochs=protocol.epochs_on_proxy, device=device)
         runs.append(score_architecture(arch, params, x_val, y_val, protocol, device=device))
     return {"acc": float(np.mean([r["acc"] for r in runs])), "loss": float(np.mean([r["loss"] for r in runs]))}
@@ -604,9 +607,10 @@ def evaluate_image_proxy(
         raise ConfigError(f"the proxy is of '{proxy.meta['dataset']}' with {proxy.num_classes} classes, "
                           f"the data '{data.name}' has {data.num_classes}")
     device = default_device(device)
+    parts = proxy_parts(proxy, protocol, device)
     acc, loss = [], []
     for arch in tqdm(archs, desc=f"proxy {proxy.meta['method']}", unit="arch", disable=not progress):
-        result = score_on_proxy(arch, proxy, protocol, device=device)
+        result = score_on_proxy(arch, parts, proxy.num_classes, protocol, device=device)
         acc.append(result["acc"])
         loss.append(result["loss"])
     acc_t, loss_t = torch.tensor(acc, dtype=torch.float64), torch.tensor(loss, dtype=torch.float64)

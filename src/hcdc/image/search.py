@@ -25,8 +25,8 @@ from torch import Tensor
 from ..artifacts import Proxy
 from ..data.image import ImageData
 from ..errors import ConfigError
-from ..study import check_budget, open_study, run_batched
-from .protocol import TIE_BREAK, ImageGroundTruth, ImageProtocol, image_ground_truth, score_on_proxy
+from ..study import run_batched
+from .protocol import TIE_BREAK, ImageGroundTruth, ImageProtocol, image_ground_truth, proxy_parts, score_on_proxy
 from .space import EDGES, OPS, Architecture
 
 EDGE_NAMES = tuple(f"edge_{target}_{source}" for target, source in EDGES)  # the study's parameters, one per edge
@@ -67,8 +67,10 @@ class ArchitectureSearch:
 def proxy_objective(proxy: Proxy, protocol: ImageProtocol,
                     device: torch.device | str | None = None) -> Callable[[Architecture], float]:
     """A trial's objective on ``proxy``: :func:`trial_value` of :func:`score_on_proxy`."""
+    parts = proxy_parts(proxy, protocol, device)
+
     def objective(arch: Architecture) -> float:
-        result = score_on_proxy(arch, proxy, protocol, device=device)
+        result = score_on_proxy(arch, parts, proxy.num_classes, protocol, device=device)
         return trial_value(result["acc"], result["loss"])
     return objective
 
@@ -94,11 +96,9 @@ def search_architectures(objective: Callable[[Architecture], float], trials: int
     rerun resumes it; ``context`` (JSON-able, e.g. which proxy and protocol) joins the settings a
     resumed study must share with the one in the journal.
     """
-    check_budget(trials, batch)
     start = time.perf_counter()
-    study = open_study("hcdc-architecture-search", {"sampler": sampler, "seed": seed, "batch": batch,
-                                                    "space": "nas-bench-201", **(context or {})}, journal, "maximize")
-    done = run_batched(study, trials, batch, EDGE_NAMES,
+    config = {"sampler": sampler, "seed": seed, "batch": batch, "space": "nas-bench-201", **(context or {})}
+    done = run_batched("hcdc-architecture-search", config, journal, "maximize", trials, batch, EDGE_NAMES,
                        lambda t: Architecture(tuple(OPS.index(t.suggest_categorical(n, OPS)) for n in EDGE_NAMES)),
                        lambda params: Architecture(tuple(OPS.index(params[n]) for n in EDGE_NAMES)),
                        lambda archs: [objective(a) for a in archs], progress, desc="architecture search")
