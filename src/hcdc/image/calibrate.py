@@ -79,8 +79,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
+from ..checkpoint import Checkpoints, LoopState
 from ..hypergrad import ImplicitHypergradient, TrainHessian, hypergradient
 from .augment import sample_augmentation
 from .space import EDGES, NUM_ARCHITECTURES, OPS, Architecture, NB201Network
@@ -376,12 +376,15 @@ def calibrate_validation(
     config: CalibrationConfig,
     g: torch.Generator,
     progress: bool = False,
+    checkpoints: Checkpoints | None = None,
 ) -> CalibrationResult:
     """Learn HCDC's synthetic validation images (see the module docstring) starting from ``x_val_init``.
 
     ``make_net(g)`` gives a freshly initialised relaxed network; ``architectures`` are the
-    trajectories' starting points (Algorithm 1's candidates λ_1..λ_p).
+    trajectories' starting points (Algorithm 1's candidates λ_1..λ_p). With ``checkpoints`` the
+    loop over trajectories resumes where an interrupted run stopped (:mod:`hcdc.checkpoint`).
     """
+    checkpoints = checkpoints if checkpoints is not None else Checkpoints(None, {})
     start = time.perf_counter()
     x_val = x_val_init.clone().requires_grad_(True)
     opt_val = torch.optim.Adam([x_val], lr=config.lr_val)
@@ -394,22 +397,34 @@ def calibrate_validation(
 
     points: list[AlignmentPoint] = []
     history: list[float] = []
-    skipped = 0
+    skips: list[int] = []
     trajectories: list[list[str]] = []
-    bar = tqdm(total=config.repeats * len(architectures), desc="HCDC validation set", disable=not progress, unit="trajectory")
-    for rep in range(config.repeats):
-        for arch in architectures:
-            net = make_net(g)
-            new, online, end, skip = trajectory_points(net, s_train, real, make_val_loss, arch, config, opt_val, g)
-            skipped += skip
-            points += new
-            history += online
-            trajectories.append([arch.to_str(), Architecture.from_alpha(end).to_str()])
-            bar.update(1)
-            bar.set_postfix(align=f"{sum(online) / len(online):.3f}" if online else "-", repeat=rep)
-        if config.val_steps and points:
+    state = LoopState({"x_val": x_val}, {"val": opt_val}, {"g": g},
+                      {"history": history, "skips": skips, "trajectories": trajectories},
+                      {"points": (points, _encode_point, _decode_point)})
+    loop = checkpoints.loop("calibration", config.repeats * len(architectures), state, "HCDC validation set", progress,
+                            unit="trajectory")
+    for t in loop:
+        rep, position = divmod(t, len(architectures))
+        arch = architectures[position]
+        net = make_net(g)
+        new, online, end, skip = trajectory_points(net, s_train, real, make_val_loss, arch, config, opt_val, g)
+        skips.append(skip)
+        points += new
+        history += online
+        trajectories.append([arch.to_str(), Architecture.from_alpha(end).to_str()])
+        loop.bar.set_postfix(align=f"{sum(online) / len(online):.3f}" if online else "-", repeat=rep)
+        if position == len(architectures) - 1 and config.val_steps and points:
             train_s = full_batch_train_loss(net, *s_train, config.weight_decay)
             history += fit_validation(opt_val, points, train_s, make_val_loss, config, config.val_steps, config.bank_batch, g)
-    bar.close()
-    return CalibrationResult(x_val.detach().clone(), history, len(points), skipped, time.perf_counter() - start,
-                             trajectories)
+    return CalibrationResult(x_val.detach().clone(), history, len(points), sum(skips), loop.seconds(start), trajectories)
+
+
+def _encode_point(point: AlignmentPoint) -> dict[str, Tensor]:
+    return {**{f"theta.{k}": v for k, v in point.theta.items()}, "alpha": point.alpha, "g_real": point.g_real,
+            "neumann_alpha": torch.tensor(point.neumann_alpha, dtype=torch.float64)}
+
+
+def _decode_point(tensors: dict[str, Tensor]) -> AlignmentPoint:
+    theta = {k[len("theta."):]: v for k, v in tensors.items() if k.startswith("theta.")}
+    return AlignmentPoint(theta, tensors["alpha"], tensors["g_real"], float(tensors["neumann_alpha"]))

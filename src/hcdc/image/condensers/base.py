@@ -15,8 +15,10 @@ seed gets the same validation images.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ...artifacts import FORMAT_VERSION, Proxy
+from ...checkpoint import Checkpoints
 from ...data.image import ImageData
 from ...errors import ConfigError, DataError
 from ...registry import Registry, check_known_options
@@ -151,19 +154,37 @@ class ImageCondenser:
     def check_options(self) -> None:
         """Further checks of ``self.options`` (ConfigError); none by default."""
 
-    def condense(self, data: ImageData, ipc: int, seed: int, progress: bool = False) -> Proxy:
+    def condense(self, data: ImageData, ipc: int, seed: int, progress: bool = False,
+                 checkpoints: str | Path | None = None) -> Proxy:
         """A proxy of ``data`` with ``ipc`` training images per class, built with condensation seed ``seed``.
 
         Checks the arguments, draws the validation part (:func:`validation_split`), runs
-        :meth:`synthesize` and assembles the proxy (:meth:`_proxy`).
+        :meth:`synthesize` and assembles the proxy (:meth:`_proxy`). With ``checkpoints`` (a
+        folder), the method's loops keep snapshots there (:mod:`hcdc.checkpoint`), so the same call
+        after an interruption resumes and gives the same proxy; they are removed once it is built.
         """
         check_seed(seed)
         check_images_per_class(data, ipc)
+        store = self.checkpoints(checkpoints, data, ipc, seed)
         val = validation_split(data, ipc, seed)
-        return self._proxy(data, ipc, seed, self.synthesize(data, ipc, seed, progress), val)
+        proxy = self._proxy(data, ipc, seed, self.synthesize(data, ipc, seed, progress, store), val)
+        store.clear()
+        return proxy
 
-    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool) -> Synthesis:
-        """The method itself: ``ipc`` training images per class of ``data`` for condensation seed ``seed``."""
+    def checkpoints(self, root: str | Path | None, data: ImageData, ipc: int, seed: int) -> Checkpoints:
+        """The snapshot store of this method's work on ``data`` at ``ipc`` and ``seed`` under ``root`` (None: keeps nothing)."""
+        if root is None:
+            return Checkpoints(None, {})
+        h = hashlib.sha256()
+        for t in (data.x_train, data.y_train, data.x_val, data.y_val):
+            h.update(t.contiguous().numpy().data)
+        key = {"kind": "image", "data": [data.name, h.hexdigest()[:16]], "method": self.name, "options": self.options,
+               "ipc": int(ipc), "seed": int(seed)}
+        return Checkpoints(root, key)
+
+    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool, checkpoints: Checkpoints) -> Synthesis:
+        """The method itself: ``ipc`` training images per class of ``data`` for condensation seed ``seed``;
+        its long loops resume from ``checkpoints``."""
         raise NotImplementedError
 
     def _proxy(self, data: ImageData, ipc: int, seed: int, result: Synthesis, val: Tensor) -> Proxy:

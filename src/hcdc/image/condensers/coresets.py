@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ...checkpoint import Checkpoints
 from ...data.image import ImageData
 from .base import (
     SYNTHESIS_STREAM,
@@ -39,7 +40,7 @@ def _picked(data: ImageData, x: Tensor, source: Tensor, timings: dict[str, float
 class RandomCoreset(ImageCondenser):
     """Random: ``ipc`` training images per class drawn uniformly without replacement."""
 
-    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool) -> Synthesis:
+    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool, checkpoints: Checkpoints) -> Synthesis:
         start = time.perf_counter()
         g = seeded_generator(seed, SYNTHESIS_STREAM)
         members = class_indices(data.y_train, data.num_classes)
@@ -95,7 +96,7 @@ class EmbeddingCoreset(ImageCondenser):
         """Positions of ``k`` rows of one class's ``features`` [n, d]."""
         raise NotImplementedError
 
-    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool) -> Synthesis:
+    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool, checkpoints: Checkpoints) -> Synthesis:
         o = self.options
         start = time.perf_counter()
         g = seeded_generator(seed, SYNTHESIS_STREAM)

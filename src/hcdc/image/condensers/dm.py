@@ -17,8 +17,8 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from ...checkpoint import Checkpoints, LoopState
 from ...data.image import ImageData
 from ...models.convnet import ConvNet
 from ..augment import DEFAULT_STRATEGY, parse_strategy, sample_augmentation
@@ -66,7 +66,7 @@ class DMCondenser(ImageCondenser):
     def check_options(self) -> None:
         parse_strategy(self.options["strategy"])
 
-    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool) -> Synthesis:
+    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool, checkpoints: Checkpoints) -> Synthesis:
         o = self.options
         start = time.perf_counter()
         g = seeded_generator(seed, SYNTHESIS_STREAM)
@@ -75,8 +75,9 @@ class DMCondenser(ImageCondenser):
         x_syn = initial_images(x_real, members, ipc, o["init"], g).requires_grad_()
         opt_img = torch.optim.SGD([x_syn], lr=o["lr_img"], momentum=0.5)
         history = []
-        bar = tqdm(range(o["iterations"]), desc="DM", unit="it", disable=not progress)
-        for _ in bar:
+        state = LoopState({"x_syn": x_syn}, {"img": opt_img}, {"g": g}, {"history": history})
+        loop = checkpoints.loop("dm", o["iterations"], state, "DM", progress)
+        for _ in loop:
             net = new_convnet(data, o["width"], o["depth"], g).requires_grad_(False)
             loss = x_syn.new_zeros(())
             for c, m in enumerate(members):
@@ -87,7 +88,7 @@ class DMCondenser(ImageCondenser):
             (x_syn.grad,) = torch.autograd.grad(loss, [x_syn])
             opt_img.step()
             history.append(loss.item() / data.num_classes)
-            bar.set_postfix(matching=f"{history[-1]:.4f}")
-        timings = {"synthesis": time.perf_counter() - start}
+            loop.bar.set_postfix(matching=f"{history[-1]:.4f}")
+        timings = {"synthesis": loop.seconds(start)}
         y_syn = torch.arange(data.num_classes).repeat_interleave(ipc)
         return Synthesis(x_syn.detach(), y_syn, timings, meta={"matching_history": history})

@@ -24,6 +24,7 @@ are ``{"train_set", "validation_set"}`` in seconds.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -146,13 +147,16 @@ class HCDCCondenser(ImageCondenser):
         exclude = set(load_architectures())
         return sample_candidates(self.options["candidates"], seeded_generator(seed, CANDIDATE_STREAM), exclude)
 
-    def condense(self, data: ImageData, ipc: int, seed: int, progress: bool = False) -> Proxy:
-        """The proxy: ``train_method``'s synthetic training set and the learned validation set (module docstring)."""
+    def condense(self, data: ImageData, ipc: int, seed: int, progress: bool = False,
+                 checkpoints: str | Path | None = None) -> Proxy:
+        """The proxy: ``train_method``'s synthetic training set and the learned validation set (module docstring);
+        ``checkpoints`` as for :meth:`ImageCondenser.condense` (both stages resume)."""
         check_seed(seed)
         check_images_per_class(data, ipc)
         o = self.options
+        store = self.checkpoints(checkpoints, data, ipc, seed)
         val = validation_split(data, ipc, seed, o["val_per_class"])
-        train = self.train_condenser().synthesize(data, ipc, seed, progress)
+        train = self.train_condenser().synthesize(data, ipc, seed, progress, store)
         train_seconds = sum(train.timings.values())
 
         g = seeded_generator(seed, CALIBRATION_STREAM)
@@ -167,7 +171,7 @@ class HCDCCondenser(ImageCondenser):
         archs = self.candidates(seed)
         start = time.perf_counter()
         cal = calibrate_validation((train.x.detach().float(), train.y.long()), real, x_init, y_val, archs, make_net,
-                                   self.config, g, progress)
+                                   self.config, g, progress, store)
         timings = {"train_set": train_seconds, "validation_set": time.perf_counter() - start}
         meta = {
             "train_method": o["train_method"],
@@ -183,6 +187,7 @@ class HCDCCondenser(ImageCondenser):
         n_train = len(train.y)
         proxy.tensors["x"][n_train:] = cal.x_val
         proxy.validate()
+        store.clear()
         return proxy
 
 

@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
-from tqdm.auto import tqdm
 
+from ...checkpoint import Checkpoints, LoopState
 from ...data.image import ImageData
 from ...errors import ConfigError
 from ...models.convnet import ConvNet
@@ -176,7 +176,7 @@ class KIPCondenser(ImageCondenser):
         if not isinstance(self.options["learn_labels"], bool):
             raise ConfigError(f"image condenser 'kip' option 'learn_labels' must be True or False, got {self.options['learn_labels']!r}")
 
-    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool) -> Synthesis:
+    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool, checkpoints: Checkpoints) -> Synthesis:
         o = self.options
         start = time.perf_counter()
         g = seeded_generator(seed, SYNTHESIS_STREAM)
@@ -189,8 +189,10 @@ class KIPCondenser(ImageCondenser):
         learned = [x_syn, y_syn] if o["learn_labels"] else [x_syn]
         opt = torch.optim.Adam(learned, lr=o["lr"])
         history = []
-        bar = tqdm(range(o["iterations"]), desc="KIP", unit="it", disable=not progress)
-        for _ in bar:
+        tensors = {"x_syn": x_syn, "y_syn": y_syn} if o["learn_labels"] else {"x_syn": x_syn}
+        loop = checkpoints.loop("kip", o["iterations"], LoopState(tensors, {"opt": opt}, {"g": g}, {"history": history}),
+                                "KIP", progress)
+        for _ in loop:
             nets = [kernel_network(data, o["width"], o["depth"], g) for _ in range(o["nets"])]
             target = torch.randperm(len(y_real), generator=g)[: o["batch_target"]]
             k_ss, k_ts = support_target_kernels(nets, o["kernel"], x_syn, x_real[target])
@@ -202,7 +204,7 @@ class KIPCondenser(ImageCondenser):
                 p.grad = gp
             opt.step()
             history.append(loss.item())
-            bar.set_postfix(krr=f"{history[-1]:.4f}")
-        timings = {"synthesis": time.perf_counter() - start}
+            loop.bar.set_postfix(krr=f"{history[-1]:.4f}")
+        timings = {"synthesis": loop.seconds(start)}
         tensors = {"label_vectors": y_syn.detach().clone()} if o["learn_labels"] else {}
         return Synthesis(x_syn.detach(), y_cls, timings, tensors=tensors, meta={"matching_history": history})

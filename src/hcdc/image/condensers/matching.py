@@ -25,8 +25,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from ...checkpoint import Checkpoints, LoopState
 from ...data.image import ImageData
 from ...models.convnet import ConvNet
 from ..augment import DEFAULT_STRATEGY, parse_strategy, sample_augmentation
@@ -90,7 +90,7 @@ class DCCondenser(ImageCondenser):
     minimum: ClassVar[dict[str, int]] = {"iterations": 0, "inner_loop": 0}
     strategy: str | None = None  # no augmentation
 
-    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool) -> Synthesis:
+    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool, checkpoints: Checkpoints) -> Synthesis:
         o = self.options
         start = time.perf_counter()
         g = seeded_generator(seed, SYNTHESIS_STREAM)
@@ -103,8 +103,9 @@ class DCCondenser(ImageCondenser):
         y_syn = torch.arange(data.num_classes).repeat_interleave(ipc)
         opt_img = torch.optim.SGD([x_syn], lr=o["lr_img"], momentum=0.5)
         history = []
-        bar = tqdm(range(o["iterations"]), desc=self.name.upper(), unit="it", disable=not progress)
-        for _ in bar:
+        state = LoopState({"x_syn": x_syn}, {"img": opt_img}, {"g": g}, {"history": history})
+        loop = checkpoints.loop(self.name, o["iterations"], state, self.name.upper(), progress)
+        for _ in loop:
             net = new_convnet(data, o["width"], o["depth"], g)
             params = list(net.parameters())
             opt_net = torch.optim.SGD(params, lr=o["lr_net"])
@@ -118,8 +119,8 @@ class DCCondenser(ImageCondenser):
                 if step < outer - 1:
                     train_epochs(net, opt_net, x_syn.detach(), y_syn, inner, o["batch_train"], g, self.strategy)
             history.append(sum(losses) / len(losses))
-            bar.set_postfix(matching=f"{history[-1]:.4f}")
-        timings = {"synthesis": time.perf_counter() - start}
+            loop.bar.set_postfix(matching=f"{history[-1]:.4f}")
+        timings = {"synthesis": loop.seconds(start)}
         meta = {"matching_history": history, "loops": {"outer": outer, "inner": inner}}
         return Synthesis(x_syn.detach(), y_syn, timings, meta=meta)
 

@@ -54,6 +54,7 @@ from torch import Tensor
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from ...checkpoint import Checkpoints, LoopState
 from ...data.image import ImageData
 from ...errors import ConfigError
 from ...io import atomic_write_bytes
@@ -274,7 +275,7 @@ class TMCondenser(ImageCondenser):
                 f"expert_epochs={o['expert_epochs']}"
             )
 
-    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool) -> Synthesis:
+    def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool, checkpoints: Checkpoints) -> Synthesis:
         o = self.options
         start_time = time.perf_counter()
         paths, expert_info = prepare_experts(data, o, progress)
@@ -291,8 +292,10 @@ class TMCondenser(ImageCondenser):
         names = [k for k, _ in net.named_parameters()]
         batch = o["batch_syn"] or len(y_syn)
         history = []
-        bar = tqdm(range(o["iterations"]), desc="TM", unit="it", disable=not progress)
-        for _ in bar:
+        state = LoopState({"x_syn": x_syn, "syn_lr": syn_lr}, {"img": opt_img, "lr": opt_lr}, {"g": g}, {"history": history})
+        loop = checkpoints.loop("tm", o["iterations"], state, "TM", progress)
+        synthesis_start = time.perf_counter()
+        for _ in loop:
             expert = int(torch.randint(o["experts"], (1,), generator=g))
             epoch = int(torch.randint(o["max_start_epoch"], (1,), generator=g))
             start = load_checkpoint(paths[expert], epoch, names)
@@ -310,7 +313,7 @@ class TMCondenser(ImageCondenser):
             opt_img.step()
             opt_lr.step()
             history.append(loss.item())
-            bar.set_postfix(matching=f"{history[-1]:.4f}", lr=f"{syn_lr.item():.4g}")
-        timings = {"experts": experts_time, "synthesis": time.perf_counter() - start_time - experts_time}
+            loop.bar.set_postfix(matching=f"{history[-1]:.4f}", lr=f"{syn_lr.item():.4g}")
+        timings = {"experts": experts_time, "synthesis": loop.seconds(synthesis_start)}
         meta = {"matching_history": history, "learned_lr": float(syn_lr.detach()), "experts": expert_info}
         return Synthesis(x_syn.detach(), y_syn, timings, meta=meta)
