@@ -60,13 +60,19 @@ def method_spec(spec: str) -> tuple[str, dict]:
     return name, options
 
 
+# bumped when a condenser's output changes for the same options, so that older cached proxies are not reused
+# (2: HCDC's recorded alignment points keep their own θ_S; they used to follow the trajectory's training)
+PROXY_REVISION = 2
+
+
 def cached_proxy(data, method: str, ratio: float, seed: int, options: dict):
     """Condense (or reuse a cached proxy of) ``data`` with the table method ``method`` (see :func:`method_spec`)
     and extra ``options``; returns (proxy, condensation seconds)."""
     name, spec_options = method_spec(method)
     options = {**spec_options, **options}
     resolved = make_condenser(name, **options).options  # defaults included: a change of defaults is a new entry
-    key = hashlib.sha256(json.dumps([data.name, name, ratio, seed, resolved], sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([PROXY_REVISION, data.name, name, ratio, seed, resolved],
+                                    sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / "proxies" / f"{data.name.lower()}-{name}-{ratio}-{seed}-{key}"
     if (path / "meta.json").exists():
         proxy = load_proxy(path)

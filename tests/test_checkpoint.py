@@ -134,3 +134,31 @@ def test_loop_state_round_trips_tensors_optimizers_generators_records_and_object
         step(w3, opt3, g3, history3, items3)
     assert torch.equal(w2, w3) and history2 == history3
     assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(items2, items3))
+
+
+GRAPH = {
+    "gcond": ({"epochs": 4, "outer_loops": 2, "inner_loops": 1, "hidden": 8}, 2, "gcond:2"),
+    "hcdc": ({"gcond": {"epochs": 3}, "candidates": 2, "repeats": 2, "epochs": 30, "warmup": 10, "align_every": 10,
+              "val_steps": 2, "hidden": 8}, 5, "calibration:2"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH))
+def test_an_interrupted_graph_condensation_resumes_bit_identically(name, tmp_path, monkeypatch):
+    from hcdc.graph import condensers, make_condenser
+    from test_graph_track import _sbm
+
+    monkeypatch.setattr(checkpoint, "SNAPSHOT_SECONDS", 0.0)
+    options, snapshots, last = GRAPH[name]
+    data = _sbm()
+    uninterrupted = make_condenser(name, **options).condense(data, 0.5, 0)
+    condensers._SYNTHESES.clear()  # GCond's in-process memo would hand the result over
+    root = tmp_path / "checkpoints"
+    with monkeypatch.context() as m:
+        written = _interrupt_after(m, snapshots)
+        with pytest.raises(Interrupt):
+            make_condenser(name, **options).condense(data, 0.5, 0, checkpoints=root)
+    assert written[-1] == last
+    resumed = make_condenser(name, **options).condense(data, 0.5, 0, checkpoints=root)
+    assert all(torch.equal(t, resumed.tensors[k]) for k, t in uninterrupted.tensors.items())
+    assert not any(root.iterdir())

@@ -173,3 +173,36 @@ def test_image_search_bench_compares_proxy_studies_with_the_original_data_study(
     again = bench.main(args)  # same seeds, same studies (the proxies come from the cache)
     assert [r["runs"][0]["trials"]["archs"] for r in again["rows"]] == [r["runs"][0]["trials"]["archs"] for r in rows]
     assert "original data" in (tmp_path / "search_toy.md").read_text()
+
+
+def test_an_interrupted_condense_resumes_when_rerun(tmp_path, capsys, monkeypatch):
+    from hcdc import checkpoint
+    from hcdc.checkpoint import Checkpoints
+
+    monkeypatch.setattr(checkpoint, "SNAPSHOT_SECONDS", 0.0)
+    images = _image_file(tmp_path / "blobs.npz")
+    argv = ["condense", "--image-file", images, "--method", "dc", "--protocol", "smoke", "--ipc", 2,
+            "--options", '{"iterations": 3}', "--out"]
+    assert _run(capsys, *argv, tmp_path / "plain")[0] == 0
+    original = Checkpoints.write
+
+    def interrupted_write(self, name, tensors, meta):
+        original(self, name, tensors, meta)
+        raise KeyboardInterrupt  # Ctrl-C right after the first snapshot
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoints, "write", interrupted_write)
+        code, _, err = _run(capsys, *argv, tmp_path / "dc")
+    assert code == 130 and "rerun the same command to resume" in err and not (tmp_path / "dc").exists()
+    code, out, _ = _run(capsys, *argv, tmp_path / "dc")
+    assert code == 0
+    plain, resumed = load_proxy(tmp_path / "plain"), load_proxy(tmp_path / "dc")
+    assert resumed.meta["resumed_from"] == {"dc": 1} and "resumed_from" not in plain.meta
+    assert all(torch.equal(t, resumed.tensors[k]) for k, t in plain.tensors.items())
+    assert not any((tmp_path / "cache" / "snapshots").iterdir())  # nothing left once the proxy is written
+    # --restart discards the snapshots of an interrupted run
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoints, "write", interrupted_write)
+        assert _run(capsys, *argv, tmp_path / "again")[0] == 130
+    assert _run(capsys, *argv, tmp_path / "again", "--restart")[0] == 0
+    assert "resumed_from" not in load_proxy(tmp_path / "again").meta

@@ -36,6 +36,8 @@ Keys of ``meta.json`` (extra keys are allowed and kept):
 * ``normalization`` (image): ``{"mean": [C floats], "std": [C floats > 0]}`` used on ``x``.
 * ``protocol`` (image, optional): the :class:`~hcdc.image.protocol.ImageProtocol` (its fields and
   ``name``) that ``hcdc condense`` made the proxy under; ``hcdc evaluate`` / ``hcdc search`` train on it.
+* ``resumed_from`` (optional): the loops of the condensation that resumed from a snapshot after an
+  interruption (loop name -> iteration; see :mod:`hcdc.checkpoint`).
 * ``num_classes`` (int >= 1).
 * ``seeds`` (list or dict), ``config`` (dict, the full configuration),
   ``versions`` (dict, from :func:`hcdc.runinfo.package_versions`),

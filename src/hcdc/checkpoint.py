@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from tqdm.auto import tqdm
 
+from .artifacts import Proxy
 from .io import atomic_write_bytes
 
 FORMAT = 1
@@ -69,13 +70,15 @@ class LoopState:
                     else:
                         scalars[f"{index}/{key}"] = value
             optimizers[name] = {"param_groups": sd["param_groups"], "scalars": scalars}
-        lengths = {}
+        order = {}  # each object's keys in order (a dict's order can matter, e.g. when it is flattened)
         for name, (items, encode, _) in self.object_lists.items():
-            lengths[name] = len(items)
+            order[name] = []
             for i, item in enumerate(items):
-                tensors.update({f"list/{name}/{i}/{k}": t.detach().clone().contiguous() for k, t in encode(item).items()})
+                encoded = encode(item)
+                order[name].append(list(encoded))
+                tensors.update({f"list/{name}/{i}/{k}": t.detach().clone().contiguous() for k, t in encoded.items()})
         return tensors, {"optimizers": optimizers, "records": {k: list(v) for k, v in self.records.items()},
-                         "lengths": lengths}
+                         "objects": order}
 
     def restore(self, tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> None:
         """Put a snapshot of :meth:`snapshot` back in place; ValueError when it does not fit this state."""
@@ -84,17 +87,12 @@ class LoopState:
             if k not in tensors or tensors[k].shape != t.shape or tensors[k].dtype != t.dtype:
                 raise ValueError(f"snapshot lacks or mis-shapes {k}")
         if (set(rest["optimizers"]) != set(self.optimizers) or set(rest["records"]) != set(self.records)
-                or set(rest["lengths"]) != set(self.object_lists)):
+                or set(rest["objects"]) != set(self.object_lists)):
             raise ValueError("snapshot has other optimizers or records")
-        objects = {}
-        for name, (_, _, decode) in self.object_lists.items():
-            parts: list[dict[str, torch.Tensor]] = [{} for _ in range(int(rest["lengths"][name]))]
-            prefix = f"list/{name}/"
-            for k, t in tensors.items():
-                if k.startswith(prefix):
-                    index, key = k[len(prefix):].split("/", 1)
-                    parts[int(index)][key] = t
-            objects[name] = [decode(part) for part in parts]
+        objects = {
+            name: [decode({k: tensors[f"list/{name}/{i}/{k}"] for k in keys}) for i, keys in enumerate(rest["objects"][name])]
+            for name, (_, _, decode) in self.object_lists.items()
+        }
         if any(f"generator/{k}" not in tensors for k in self.generators):
             raise ValueError("snapshot lacks a generator state")
         optimizer_dicts = {}
@@ -167,6 +165,14 @@ class Checkpoints:
         if path is not None:
             meta = {**meta, "key": self.key}
             atomic_write_bytes(path, save(tensors, metadata={"state": json.dumps(meta, default=str)}))
+
+    def finish(self, proxy: Proxy) -> Proxy:
+        """``proxy``, the work's result, with the loops that resumed in its metadata (``resumed_from``:
+        loop name -> first iteration of the last run); the snapshots are removed."""
+        if self.resumed:
+            proxy.meta["resumed_from"] = dict(self.resumed)
+        self.clear()
+        return proxy
 
     def clear(self) -> None:
         """Remove this work's snapshots (after its result has been kept)."""

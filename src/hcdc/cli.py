@@ -143,7 +143,9 @@ def _cmd_condense(args: argparse.Namespace) -> int:
     condenser = make_condenser(args.method, **options)  # unknown method/options fail before loading data
     data = _load_graph(args)
     ratio = 0.5 if args.ratio is None else args.ratio
-    proxy = condenser.condense(data, ratio, args.seed, progress=True)
+    if args.restart:
+        condenser.checkpoints(_snapshots(), data, ratio, args.seed).clear()
+    proxy = condenser.condense(data, ratio, args.seed, progress=True, checkpoints=_snapshots())
     proxy.meta["config"] = {**proxy.meta["config"], "graph_file": str(args.graph_file) if args.graph_file else None}
     save_proxy(proxy, args.out, overwrite=args.overwrite)
     m = proxy.meta
@@ -151,6 +153,13 @@ def _cmd_condense(args: argparse.Namespace) -> int:
           f"validation nodes ({100 * m['fraction_of_graph']:.2f}% of the graph), "
           f"{sum(m['timings'].values()):.1f} s -> {args.out}")
     return 0
+
+
+def _snapshots() -> Path:
+    """Where ``hcdc condense`` keeps the snapshots of unfinished condensations (see :mod:`hcdc.checkpoint`)."""
+    from .paths import cache_dir
+
+    return cache_dir() / "snapshots"
 
 
 def _condense_images(args: argparse.Namespace, options: dict) -> int:
@@ -165,7 +174,10 @@ def _condense_images(args: argparse.Namespace, options: dict) -> int:
     protocol = get_protocol(args.protocol).with_(**({} if args.ipc is None else {"ipc": args.ipc}))
     resolved = method_options(args.method, args.protocol, protocol, options)  # unknown method/options fail first
     view = _load_images(args.dataset, args.image_file, args.data_root, protocol)
-    proxy = make_image_condenser(args.method, **resolved).condense(view, protocol.ipc, args.seed, progress=True)
+    condenser = make_image_condenser(args.method, **resolved)
+    if args.restart:
+        condenser.checkpoints(_snapshots(), view, protocol.ipc, args.seed).clear()
+    proxy = condenser.condense(view, protocol.ipc, args.seed, progress=True, checkpoints=_snapshots())
     proxy.meta["protocol"] = {"name": args.protocol, **protocol.as_dict()}
     proxy.meta["config"] = {**proxy.meta["config"], "image_file": str(args.image_file) if args.image_file else None}
     save_proxy(proxy, args.out, overwrite=args.overwrite)
@@ -400,8 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", default=None, help="condenser options as a JSON object")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the snapshots of an interrupted run of this condensation instead of resuming it")
     p.add_argument("--data-root", type=Path, default=None)
-    p.set_defaults(func=_cmd_condense)
+    p.set_defaults(func=_cmd_condense, interrupted="; rerun the same command to resume from its last snapshot")
 
     p = sub.add_parser("evaluate", help="rank sampled configurations on a proxy against the original graph")
     p.add_argument("directory", type=Path)
@@ -438,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the K best trials on the original data (graphs: 2 seeds; images: the ground truth's protocol) "
                         "and pick the best by its validation accuracy there (default 1: just report the best trial's accuracy; 0: skip)")
     p.add_argument("--data-root", type=Path, default=None)
-    p.set_defaults(func=_cmd_search)
+    p.set_defaults(func=_cmd_search, interrupted="; rerun the same command to resume the search from its journal")
 
     p = sub.add_parser("plot", help="figures: architecture rankings of an image table, or a proxy's images")
     figures = p.add_subparsers(dest="figure", required=True)
@@ -470,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hcdc: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("hcdc: interrupted", file=sys.stderr)
+        print(f"hcdc: interrupted{getattr(args, 'interrupted', '')}", file=sys.stderr)
         return 130
 
 

@@ -9,6 +9,7 @@ the plain :mod:`pickle` module or loads ``.npz`` files with ``allow_pickle=True`
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
 import os
 import warnings
@@ -177,6 +178,14 @@ class GraphData:
             x=self.x, edge_index=self.edge_index, y=self.y,
             train_mask=self.train_mask, val_mask=self.val_mask, test_mask=self.test_mask,
         )
+
+
+def graph_fingerprint(data: GraphData) -> str:
+    """A hash of the graph's content (features, edges, labels, masks), for cache keys."""
+    h = hashlib.sha256()
+    for t in (data.x, data.edge_index, data.y, data.train_mask, data.val_mask, data.test_mask):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def row_normalize(x: torch.Tensor) -> torch.Tensor:

@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from ..checkpoint import Checkpoints, LoopState
 from ..data.graph import GraphData
 from ..hypergrad import BestResponse, hypergradient
 from ..models import polyfilter
@@ -120,7 +120,7 @@ def trajectory_points(real: FilterProblem, syn: FilterProblem, syn_val_loss, lam
         real.train_epoch(theta_t, opt_t, lam, protocol, g)
         if epoch < config.warmup or (epoch - config.warmup) % config.align_every:
             continue
-        th_s = {k: v.detach() for k, v in theta_s.items()}
+        th_s = {k: v.detach().clone() for k, v in theta_s.items()}  # a copy: Adam goes on updating theta_s in place
         th_t = {k: v.detach() for k, v in theta_t.items()}
         if alphas is None:
             alphas = (syn.neumann_alpha(th_s, lam, protocol.weight_decay, config.power_iterations),
@@ -166,10 +166,13 @@ def calibrate_validation(
     seed: int,
     progress: bool = False,
     columns: Tensor | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> CalibrationResult:
     """Learn the synthetic validation nodes of an HCDC graph proxy (see the module docstring);
-    with ``columns``, their features live on those input columns and are zero elsewhere."""
+    with ``columns``, their features live on those input columns and are zero elsewhere. With
+    ``checkpoints`` the loop over trajectories resumes where an interrupted run stopped."""
     start = time.perf_counter()
+    checkpoints = checkpoints if checkpoints is not None else Checkpoints(None, {})
     g = torch.Generator().manual_seed(int(seed))
     real = FilterProblem.from_graph_data(data)
     everything = torch.ones_like(y_train, dtype=torch.bool)
@@ -188,14 +191,27 @@ def calibrate_validation(
     candidates = space.sample(config.candidates, seed=10_000 + seed)
     points: list[AlignmentPoint] = []
     history: list[float] = []
-    bar = tqdm(total=config.repeats * config.candidates, desc="HCDC validation set", disable=not progress,
-               unit="trajectory")
-    for rep in range(config.repeats):
-        for lam0 in candidates:
-            init = polyfilter.init_params(data.num_features, protocol.hidden, data.num_classes, g)
-            points += trajectory_points(real, syn, syn_val_loss, lam0, init, space, protocol, config, g)
-            bar.update(1)
-        history += fit_validation(opt_val, points, syn_val_loss, config.val_steps, config.bank_batch, g)
-        bar.set_postfix(align=f"{history[0]:.3f}->{history[-1]:.3f}" if history else "-", repeat=rep)
-    bar.close()
-    return CalibrationResult(on_columns(x_learned.detach(), columns, data.num_features), adj_val, y_val, history, len(points), time.perf_counter() - start)
+    state = LoopState({"x_val": x_learned}, {"val": opt_val}, {"g": g}, {"history": history},
+                      {"points": (points, _encode_point, _decode_point)})
+    loop = checkpoints.loop("calibration", config.repeats * config.candidates, state, "HCDC validation set", progress,
+                            unit="trajectory")
+    for t in loop:
+        rep, position = divmod(t, config.candidates)
+        init = polyfilter.init_params(data.num_features, protocol.hidden, data.num_classes, g)
+        points += trajectory_points(real, syn, syn_val_loss, candidates[position], init, space, protocol, config, g)
+        if position == config.candidates - 1:
+            history += fit_validation(opt_val, points, syn_val_loss, config.val_steps, config.bank_batch, g)
+            loop.bar.set_postfix(align=f"{history[0]:.3f}->{history[-1]:.3f}" if history else "-", repeat=rep)
+    return CalibrationResult(on_columns(x_learned.detach(), columns, data.num_features), adj_val, y_val, history,
+                             len(points), loop.seconds(start))
+
+
+def _encode_point(point: AlignmentPoint) -> dict[str, Tensor]:
+    r = point.response
+    return {**{f"theta.{k}": v for k, v in r.params.items()}, "lam": r.hparams, "jacobian": r.jacobian,
+            "g_real": point.g_real}
+
+
+def _decode_point(tensors: dict[str, Tensor]) -> AlignmentPoint:
+    theta = {k[len("theta."):]: v for k, v in tensors.items() if k.startswith("theta.")}
+    return AlignmentPoint(BestResponse.from_jacobian(theta, tensors["lam"], tensors["jacobian"]), tensors["g_real"])

@@ -18,15 +18,16 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..artifacts import FORMAT_VERSION, Proxy
-from ..data.graph import GraphData, row_normalize
+from ..checkpoint import Checkpoints, LoopState
+from ..data.graph import GraphData, graph_fingerprint, row_normalize
 from ..errors import ConfigError, DataError
 from ..models.polyfilter import DenseOperator, EdgeListOperator, init_params, logits
 from ..registry import Registry, check_known_options
@@ -56,9 +57,23 @@ class GraphCondenser:
         check_known_options("graph condenser", self.name, options, self.defaults)
         self.options = {**self.defaults, **options}
 
-    def condense(self, data: GraphData, ratio: float, seed: int, progress: bool = False) -> Proxy:
-        """A proxy of ``data`` at ``ratio`` (see :func:`proxy_sizes`) built with condensation seed ``seed``."""
+    def condense(self, data: GraphData, ratio: float, seed: int, progress: bool = False,
+                 checkpoints: str | Path | None = None) -> Proxy:
+        """A proxy of ``data`` at ``ratio`` (see :func:`proxy_sizes`) built with condensation seed ``seed``.
+
+        With ``checkpoints`` (a folder), the method's long loops keep snapshots there
+        (:mod:`hcdc.checkpoint`), so the same call after an interruption resumes and gives the same
+        proxy; they are removed once it is built.
+        """
         raise NotImplementedError
+
+    def checkpoints(self, root: str | Path | None, data: GraphData, ratio: float, seed: int) -> Checkpoints:
+        """The snapshot store of this method's work on ``data`` at ``ratio`` and ``seed`` under ``root`` (None: keeps nothing)."""
+        if root is None:
+            return Checkpoints(None, {})
+        key = {"kind": "graph", "data": [data.name, graph_fingerprint(data)], "method": self.name,
+               "options": self.options, "ratio": float(ratio), "seed": int(seed)}
+        return Checkpoints(root, key)
 
     def _proxy(
         self, data: GraphData, ratio: float, seed: int, tensors: dict[str, Tensor], timings: dict, **extra_meta
@@ -151,8 +166,9 @@ class RandomCondenser(GraphCondenser):
     ``source_nodes`` records the original node ids.
     """
 
-    def condense(self, data: GraphData, ratio: float, seed: int, progress: bool = False) -> Proxy:
-        start = time.perf_counter()
+    def condense(self, data: GraphData, ratio: float, seed: int, progress: bool = False,
+                 checkpoints: str | Path | None = None) -> Proxy:
+        start = time.perf_counter()  # no loop to resume: a sample
         n_train, n_val = proxy_sizes(data, ratio)
         labelled = (data.train_mask | data.val_mask).nonzero().flatten()
         n = n_train + n_val
@@ -416,7 +432,8 @@ def _initial_features(x_real: Tensor, y_real: Tensor, train_mask: Tensor, counts
     return torch.cat(rows)
 
 
-def synthesize_gcond(data: GraphData, counts: Tensor, seed: int, progress: bool = False, **options) -> GCondResult:
+def synthesize_gcond(data: GraphData, counts: Tensor, seed: int, progress: bool = False,
+                     checkpoints: Checkpoints | None = None, **options) -> GCondResult:
     """GCond (Jin et al., ICLR 2022): synthetic nodes whose GCN gradients match the real graph's, class by class.
 
     ``counts[c]`` synthetic nodes of class c get features initialised from real training nodes of
@@ -452,8 +469,11 @@ def synthesize_gcond(data: GraphData, counts: Tensor, seed: int, progress: bool 
     opt_adj = torch.optim.Adam(pge.values(), lr=opts.lr_adj, foreach=True)
     lam = torch.tensor([0.0, 1.0])  # the GCN filter λ = (0, 1, 0, 0) without its zero tail
     history = []
-    bar = tqdm(range(opts.epochs), desc="GCond", unit="epoch", disable=not progress)
-    for epoch in bar:
+    state = LoopState({"x": x_learned, **{f"pge.{k}": v for k, v in pge.items()}}, {"feat": opt_feat, "adj": opt_adj},
+                      {"g": g}, {"history": history})
+    checkpoints = checkpoints if checkpoints is not None else Checkpoints(None, {})
+    loop = checkpoints.loop("gcond", opts.epochs, state, "GCond", progress, unit="epoch")
+    for epoch in loop:
         params = {k: v.requires_grad_() for k, v in init_params(data.num_features, opts.hidden, num_classes, g).items()}
         opt_model = torch.optim.Adam(params.values(), lr=opts.lr_model, foreach=True)
         update_adj = epoch % (opts.adj_epochs + opts.feat_epochs) < opts.adj_epochs
@@ -480,24 +500,25 @@ def synthesize_gcond(data: GraphData, counts: Tensor, seed: int, progress: bool 
                 F.cross_entropy(logits(params, lam, x_fixed, op_fixed), y_syn).backward()
                 opt_model.step()
         history.append(sum(losses) / len(losses))
-        bar.set_postfix(matching_loss=f"{history[-1]:.4f}")
+        loop.bar.set_postfix(matching_loss=f"{history[-1]:.4f}")
 
     x = on_columns(x_learned.detach(), columns, data.num_features).clone()
     frozen = {k: v.detach() for k, v in pge.items()}
     adjacency_fn = partial(_frozen_pge, frozen, _pge(frozen, x)[1])
-    return GCondResult(x, adjacency_fn(x), y_syn, adjacency_fn, time.perf_counter() - start, history)
+    return GCondResult(x, adjacency_fn(x), y_syn, adjacency_fn, loop.seconds(start), history)
 
 
 _SYNTHESES: dict[tuple, GCondResult] = {}
 _MAX_SYNTHESES = 8
 
 
-def _synthesis(data: GraphData, counts: Tensor, seed: int, opts: GCondOptions, progress: bool) -> tuple[GCondResult, bool]:
+def _synthesis(data: GraphData, counts: Tensor, seed: int, opts: GCondOptions, progress: bool,
+               checkpoints: Checkpoints) -> tuple[GCondResult, bool]:
     """:func:`synthesize_gcond`, memoised within the process; also says whether the result was reused."""
     key = (data.name, data.num_nodes, data.num_edges, tuple(counts.tolist()), int(seed), tuple(asdict(opts).items()))
     if key in _SYNTHESES:
         return _SYNTHESES[key], True
-    result = synthesize_gcond(data, counts, seed, progress, **asdict(opts))
+    result = synthesize_gcond(data, counts, seed, progress, checkpoints, **asdict(opts))
     if len(_SYNTHESES) >= _MAX_SYNTHESES:
         del _SYNTHESES[next(iter(_SYNTHESES))]
     _SYNTHESES[key] = result
@@ -518,10 +539,12 @@ class _GCondBase(GraphCondenser):
         super().__init__(**options)
         self.options = asdict(_options(self.options))
 
-    def condense(self, data: GraphData, ratio: float, seed: int, progress: bool = False) -> Proxy:
+    def condense(self, data: GraphData, ratio: float, seed: int, progress: bool = False,
+                 checkpoints: str | Path | None = None) -> Proxy:
         n_train, n_val = proxy_sizes(data, ratio)
         counts = class_counts(data.y[data.train_mask], n_train + n_val, data.num_classes)
-        result, reused = _synthesis(data, counts, seed, GCondOptions(**self.options), progress)
+        store = self.checkpoints(checkpoints, data, ratio, seed)
+        result, reused = _synthesis(data, counts, seed, GCondOptions(**self.options), progress, store)
         start = time.perf_counter()
         train_mask, val_mask = _stratified_split(
             result.y, n_train, data.num_classes, torch.Generator().manual_seed(int(seed))
@@ -534,9 +557,10 @@ class _GCondBase(GraphCondenser):
             "val_mask": val_mask,
         }
         timings = {"synthesis": result.seconds, "split": time.perf_counter() - start}
-        return self._proxy(
+        proxy = self._proxy(
             data, ratio, seed, tensors, timings, synthesis_reused=reused, final_matching_loss=result.history[-1]
         )
+        return store.finish(proxy)
 
 
 @register_condenser("gcond")

@@ -10,7 +10,6 @@ writers never lose or corrupt entries and an interrupted run loses at most one c
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..data.graph import GraphData
+from ..data.graph import GraphData, graph_fingerprint
 from ..io import merge_json_entries, read_json_entries
 from ..paths import cache_dir
 from .space import TrainProtocol
@@ -39,14 +38,6 @@ class GroundTruth:
     test_acc: Tensor
     computed: int  # configurations trained in this call (the rest came from the cache)
     seconds: float  # wall time of this call
-
-
-def graph_fingerprint(data: GraphData) -> str:
-    """A hash of the graph's content (features, edges, labels, masks), for cache keys."""
-    h = hashlib.sha256()
-    for t in (data.x, data.edge_index, data.y, data.train_mask, data.val_mask, data.test_mask):
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def config_key(lam: Tensor) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -23,6 +24,7 @@ from torch import Tensor
 from ..data.graph import GraphData
 from ..errors import ConfigError
 from ..artifacts import Proxy
+from ..checkpoint import Checkpoints
 from .calibrate import CalibrationConfig, calibrate_validation
 from .condensers import (GraphCondenser, class_counts, feature_support, on_columns, proxy_sizes, register_condenser,
                          support_features, synthesize_gcond)
@@ -64,12 +66,13 @@ class HCDCCondenser(GraphCondenser):
         self.protocol = TrainProtocol(hidden=opts["hidden"], lr=opts["lr"], weight_decay=opts["weight_decay"],
                                       dropout=opts["dropout"])
 
-    def _train_set(self, data: GraphData, n_train: int, seed: int, columns: Tensor | None, progress: bool):
+    def _train_set(self, data: GraphData, n_train: int, seed: int, columns: Tensor | None, progress: bool,
+                   checkpoints: Checkpoints):
         """(x, adj, y, seconds) of S_train from the configured standard condenser, features on ``columns``."""
         method = self.options["train_method"]
         if method in ("gcond", "gcond-x"):
             counts = class_counts(data.y[data.train_mask], n_train, data.num_classes)
-            res = synthesize_gcond(data, counts, seed, progress, **self.options["gcond"],
+            res = synthesize_gcond(data, counts, seed, progress, checkpoints, **self.options["gcond"],
                                    feature_columns=self.options["feature_columns"])
             if method == "gcond":
                 return res.x, res.adj, res.y, res.seconds
@@ -81,13 +84,15 @@ class HCDCCondenser(GraphCondenser):
         x = on_columns(support_features(data, columns)[nodes], columns, data.num_features)
         return x, data.induced_adjacency(nodes), data.y[nodes], time.perf_counter() - start
 
-    def condense(self, data: GraphData, ratio: float, seed: int, progress: bool = False) -> Proxy:
+    def condense(self, data: GraphData, ratio: float, seed: int, progress: bool = False,
+                 checkpoints: str | Path | None = None) -> Proxy:
         n_train, n_val = proxy_sizes(data, ratio)
+        store = self.checkpoints(checkpoints, data, ratio, seed)
         columns = feature_support(data.x, self.options["feature_columns"])
-        x_tr, adj_tr, y_tr, train_seconds = self._train_set(data, n_train, seed, columns, progress)
+        x_tr, adj_tr, y_tr, train_seconds = self._train_set(data, n_train, seed, columns, progress, store)
         val_counts = class_counts(data.y[data.val_mask], n_val, data.num_classes)
         cal = calibrate_validation(data, x_tr, adj_tr, y_tr, val_counts, self.space, self.protocol,
-                                   self.calibration, seed, progress, columns)
+                                   self.calibration, seed, progress, columns, store)
         n_tr, n_v = len(y_tr), len(cal.y_val)
         adj = torch.zeros(n_tr + n_v, n_tr + n_v)
         adj[:n_tr, :n_tr] = adj_tr
@@ -98,4 +103,4 @@ class HCDCCondenser(GraphCondenser):
         proxy = self._proxy(data, ratio, seed, tensors, {"train_set": train_seconds, "validation_set": cal.seconds})
         proxy.meta["alignment_history"] = cal.history
         proxy.meta["alignment_points"] = cal.points
-        return proxy
+        return store.finish(proxy)

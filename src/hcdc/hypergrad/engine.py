@@ -246,6 +246,15 @@ class BestResponse(InnerPoint):
         self.jacobian = torch.stack(columns, dim=1)
         self.info = SolveInfo(solver=solver_.name, iterations=iterations, seconds=time.perf_counter() - start)
 
+    @classmethod
+    def from_jacobian(cls, params: dict[str, Tensor], hparams: Tree, jacobian: Tensor) -> "BestResponse":
+        """The best response at (``params``, ``hparams``) with a Jacobian solved before (e.g. kept in a
+        snapshot): no solve is repeated; only :meth:`__call__` is available."""
+        response = cls.__new__(cls)
+        response.params, response.hparams, response.jacobian = params, hparams, jacobian
+        response.info = SolveInfo(solver="restored", iterations=0, seconds=0.0)
+        return response
+
     def __call__(self, val_loss: ValLoss, *, create_graph: bool = False) -> Tensor:
         """dL_val/dλ (flat) at this (θ, λ); differentiable in tensors captured by ``val_loss``
         when ``create_graph``."""

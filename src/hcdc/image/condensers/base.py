@@ -167,9 +167,7 @@ class ImageCondenser:
         check_images_per_class(data, ipc)
         store = self.checkpoints(checkpoints, data, ipc, seed)
         val = validation_split(data, ipc, seed)
-        proxy = self._proxy(data, ipc, seed, self.synthesize(data, ipc, seed, progress, store), val)
-        store.clear()
-        return proxy
+        return store.finish(self._proxy(data, ipc, seed, self.synthesize(data, ipc, seed, progress, store), val))
 
     def checkpoints(self, root: str | Path | None, data: ImageData, ipc: int, seed: int) -> Checkpoints:
         """The snapshot store of this method's work on ``data`` at ``ipc`` and ``seed`` under ``root`` (None: keeps nothing)."""

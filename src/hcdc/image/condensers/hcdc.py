@@ -187,8 +187,7 @@ class HCDCCondenser(ImageCondenser):
         n_train = len(train.y)
         proxy.tensors["x"][n_train:] = cal.x_val
         proxy.validate()
-        store.clear()
-        return proxy
+        return store.finish(proxy)
 
 
 def _not_a_string(value) -> str:
