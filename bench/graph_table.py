@@ -36,7 +36,7 @@ from hcdc.graph.evaluate import proxy_graphs
 from hcdc.report import markdown_table
 from hcdc.metrics import mean_std, spearman
 from hcdc.io import atomic_write_bytes, atomic_write_json
-from hcdc.paths import cache_dir
+from hcdc.paths import cache_dir, snapshot_dir
 from hcdc.runinfo import machine_info, package_versions
 
 RESULTS = Path(__file__).parent / "results"
@@ -77,7 +77,7 @@ def cached_proxy(data, method: str, ratio: float, seed: int, options: dict):
     if (path / "meta.json").exists():
         proxy = load_proxy(path)
     else:
-        proxy = make_condenser(name, **options).condense(data, ratio, seed, progress=True)
+        proxy = make_condenser(name, **options).condense(data, ratio, seed, progress=True, checkpoints=snapshot_dir())
         save_proxy(proxy, path, overwrite=True)
     return proxy, sum(proxy.meta["timings"].values())
 

@@ -59,7 +59,7 @@ from hcdc.io import (
     read_json_entries,
 )
 from hcdc.metrics import mean_std, seed_agreement
-from hcdc.paths import cache_dir
+from hcdc.paths import cache_dir, snapshot_dir
 from hcdc.runinfo import machine_info, package_versions
 
 RESULTS = Path(__file__).parent / "results"
@@ -135,7 +135,7 @@ def cached_proxy(view, fingerprint: str, method: str, ipc: int, seed: int, optio
     if cached:
         proxy = load_proxy(path)
     else:
-        proxy = make_image_condenser(method, **options).condense(view, ipc, seed, progress=True)
+        proxy = make_image_condenser(method, **options).condense(view, ipc, seed, progress=True, checkpoints=snapshot_dir())
         save_proxy(proxy, path, overwrite=True)
     return proxy, float(sum(proxy.meta["timings"].values())), key, cached, path
 

@@ -139,13 +139,14 @@ def _cmd_condense(args: argparse.Namespace) -> int:
         raise ConfigError("--ipc is for image datasets; a graph proxy's size is --ratio")
     from .artifacts import save_proxy
     from .graph import make_condenser
+    from .paths import snapshot_dir
 
     condenser = make_condenser(args.method, **options)  # unknown method/options fail before loading data
     data = _load_graph(args)
     ratio = 0.5 if args.ratio is None else args.ratio
     if args.restart:
-        condenser.checkpoints(_snapshots(), data, ratio, args.seed).clear()
-    proxy = condenser.condense(data, ratio, args.seed, progress=True, checkpoints=_snapshots())
+        condenser.checkpoints(snapshot_dir(), data, ratio, args.seed).clear()
+    proxy = condenser.condense(data, ratio, args.seed, progress=True, checkpoints=snapshot_dir())
     proxy.meta["config"] = {**proxy.meta["config"], "graph_file": str(args.graph_file) if args.graph_file else None}
     save_proxy(proxy, args.out, overwrite=args.overwrite)
     m = proxy.meta
@@ -155,19 +156,13 @@ def _cmd_condense(args: argparse.Namespace) -> int:
     return 0
 
 
-def _snapshots() -> Path:
-    """Where ``hcdc condense`` keeps the snapshots of unfinished condensations (see :mod:`hcdc.checkpoint`)."""
-    from .paths import cache_dir
-
-    return cache_dir() / "snapshots"
-
-
 def _condense_images(args: argparse.Namespace, options: dict) -> int:
     from .artifacts import save_proxy
     from .errors import ConfigError
     from .image.condensers import make_image_condenser
     from .image.protocol import get_protocol
     from .image.recipes import method_options
+    from .paths import snapshot_dir
 
     if args.ratio is not None:
         raise ConfigError("--ratio is for graphs; an image proxy's size is --ipc (images per class)")
@@ -176,8 +171,8 @@ def _condense_images(args: argparse.Namespace, options: dict) -> int:
     view = _load_images(args.dataset, args.image_file, args.data_root, protocol)
     condenser = make_image_condenser(args.method, **resolved)
     if args.restart:
-        condenser.checkpoints(_snapshots(), view, protocol.ipc, args.seed).clear()
-    proxy = condenser.condense(view, protocol.ipc, args.seed, progress=True, checkpoints=_snapshots())
+        condenser.checkpoints(snapshot_dir(), view, protocol.ipc, args.seed).clear()
+    proxy = condenser.condense(view, protocol.ipc, args.seed, progress=True, checkpoints=snapshot_dir())
     proxy.meta["protocol"] = {"name": args.protocol, **protocol.as_dict()}
     proxy.meta["config"] = {**proxy.meta["config"], "image_file": str(args.image_file) if args.image_file else None}
     save_proxy(proxy, args.out, overwrite=args.overwrite)

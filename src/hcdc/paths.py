@@ -36,3 +36,8 @@ def cache_dir() -> Path:
     root = Path(env).expanduser() if env else Path.home() / ".cache" / "hcdc"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def snapshot_dir() -> Path:
+    """Where unfinished condensations keep their snapshots (:mod:`hcdc.checkpoint`): ``<cache>/snapshots``."""
+    return cache_dir() / "snapshots"
