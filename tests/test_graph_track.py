@@ -222,6 +222,8 @@ def test_fitting_the_validation_set_lowers_the_alignment_loss():
         init = polyfilter.init_params(data.num_features, 8, data.num_classes, g)
         points += trajectory_points(real, syn, syn_val_loss, lam0, init, FilterSpace(), protocol, config, g)
     assert len(points) == 3 * 3
+    # each point keeps the θ_S it was recorded at (training goes on in place after it was recorded)
+    assert not torch.equal(points[0].response.params["w1"], points[2].response.params["w1"])
     before = float(alignment_loss(points, syn_val_loss).detach())
     history = fit_validation(torch.optim.Adam([x_val], lr=1e-2), points, syn_val_loss, 30, len(points), g)
     after = float(alignment_loss(points, syn_val_loss).detach())
