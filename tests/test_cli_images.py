@@ -198,6 +198,7 @@ def test_an_interrupted_condense_resumes_when_rerun(tmp_path, capsys, monkeypatc
     assert code == 0
     plain, resumed = load_proxy(tmp_path / "plain"), load_proxy(tmp_path / "dc")
     assert resumed.meta["resumed_from"] == {"dc": 1} and "resumed_from" not in plain.meta
+    assert "resumed after an interruption: dc at iteration 1" in _run(capsys, "info", tmp_path / "dc")[1]
     assert all(torch.equal(t, resumed.tensors[k]) for k, t in plain.tensors.items())
     assert not any((tmp_path / "cache" / "snapshots").iterdir())  # nothing left once the proxy is written
     # --restart discards the snapshots of an interrupted run

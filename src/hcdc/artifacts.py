@@ -350,6 +350,9 @@ def describe_proxy(directory: str | os.PathLike) -> str:
         lines.append(f"  {name:<{width}}  {str(t.dtype).removeprefix('torch.'):<8} {list(t.shape)}")
     timings = ", ".join(f"{stage} {sec:.2f}s" for stage, sec in meta["timings"].items()) or "none recorded"
     lines.append(f"timings: {timings}")
+    if isinstance(meta.get("resumed_from"), dict):
+        resumed = ", ".join(f"{loop} at iteration {i}" for loop, i in meta["resumed_from"].items())
+        lines.append(f"resumed after an interruption: {resumed} (timings include the earlier runs)")
     lines.append(f"seeds: {json.dumps(meta['seeds'])}")
     versions = ", ".join(f"{pkg} {ver}" for pkg, ver in meta["versions"].items()) or "none recorded"
     lines.append("versions:")
