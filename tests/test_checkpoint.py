@@ -162,3 +162,18 @@ def test_an_interrupted_graph_condensation_resumes_bit_identically(name, tmp_pat
     resumed = make_condenser(name, **options).condense(data, 0.5, 0, checkpoints=root)
     assert all(torch.equal(t, resumed.tensors[k]) for k, t in uninterrupted.tensors.items())
     assert not any(root.iterdir())
+
+
+def test_a_snapshot_that_does_not_fit_leaves_the_state_untouched(tmp_path):
+    w = torch.zeros(3, requires_grad=True)
+    state = LoopState({"w": w}, {"opt": torch.optim.SGD([w], lr=0.1, momentum=0.5)}, {"g": torch.Generator()})
+    tensors, rest = state.snapshot()
+    tensors["tensor/w"] = torch.ones(3)
+    tensors["generator/g"] = tensors["generator/g"][:-1]  # a torn generator state, checked before anything moves
+    with pytest.raises(ValueError):
+        state.restore(tensors, rest)
+    assert torch.equal(w, torch.zeros(3))
+    store = Checkpoints(tmp_path, {"test": 2}, every=0)
+    store.write("fit", tensors, {**rest, "next": 1, "seconds": 0.0})
+    loop = store.loop("fit", 3, state, "fit")
+    assert loop.start == 0 and torch.equal(w, torch.zeros(3)) and not store.resumed

@@ -81,36 +81,32 @@ class LoopState:
                          "objects": order}
 
     def restore(self, tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> None:
-        """Put a snapshot of :meth:`snapshot` back in place; ValueError when it does not fit this state."""
-        expected = {f"tensor/{k}": t for k, t in self.tensors.items()}
-        for k, t in expected.items():
-            if k not in tensors or tensors[k].shape != t.shape or tensors[k].dtype != t.dtype:
-                raise ValueError(f"snapshot lacks or mis-shapes {k}")
-        if (set(rest["optimizers"]) != set(self.optimizers) or set(rest["records"]) != set(self.records)
-                or set(rest["objects"]) != set(self.object_lists)):
+        """Put a snapshot of :meth:`snapshot` back in place. Everything is checked first, so a snapshot that
+        does not fit this state raises (KeyError, ValueError, ...) and leaves the state untouched."""
+        for k, t in self.tensors.items():
+            saved = tensors[f"tensor/{k}"]
+            if saved.shape != t.shape or saved.dtype != t.dtype:
+                raise ValueError(f"snapshot's {k} is {saved.dtype} {list(saved.shape)}")
+        for k, g in self.generators.items():
+            if tensors[f"generator/{k}"].shape != g.get_state().shape:
+                raise ValueError(f"snapshot's generator {k} has another state size")
+        if set(rest["optimizers"]) != set(self.optimizers) or set(rest["records"]) != set(self.records):
             raise ValueError("snapshot has other optimizers or records")
-        objects = {
-            name: [decode({k: tensors[f"list/{name}/{i}/{k}"] for k in keys}) for i, keys in enumerate(rest["objects"][name])]
-            for name, (_, _, decode) in self.object_lists.items()
-        }
-        if any(f"generator/{k}" not in tensors for k in self.generators):
-            raise ValueError("snapshot lacks a generator state")
+        objects = {name: [decode({k: tensors[f"list/{name}/{i}/{k}"] for k in keys})
+                          for i, keys in enumerate(rest["objects"][name])]
+                   for name, (_, _, decode) in self.object_lists.items()}
         optimizer_dicts = {}
         for name, opt in self.optimizers.items():
             saved = rest["optimizers"][name]
+            if [g["params"] for g in opt.state_dict()["param_groups"]] != [g["params"] for g in saved["param_groups"]]:
+                raise ValueError(f"snapshot's optimizer {name!r} holds other parameters")
             state: dict[int, dict[str, Any]] = {}
             prefix = f"optimizer/{name}/"
-            for k, t in tensors.items():
-                if k.startswith(prefix):
-                    index, key = k[len(prefix):].split("/", 1)
-                    state.setdefault(int(index), {})[key] = t
-            for k, value in saved["scalars"].items():
+            entries = [(k[len(prefix):], t) for k, t in tensors.items() if k.startswith(prefix)]
+            for k, value in entries + list(saved["scalars"].items()):
                 index, key = k.split("/", 1)
                 state.setdefault(int(index), {})[key] = value
             optimizer_dicts[name] = {"state": state, "param_groups": saved["param_groups"]}
-            probe = opt.state_dict()["param_groups"]
-            if [g["params"] for g in probe] != [g["params"] for g in saved["param_groups"]]:
-                raise ValueError(f"snapshot's optimizer {name!r} holds other parameters")
         with torch.no_grad():
             for k, t in self.tensors.items():
                 t.copy_(tensors[f"tensor/{k}"])
@@ -153,12 +149,11 @@ class Checkpoints:
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = json.loads((fh.metadata() or {}).get("state", "null"))
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+                if not isinstance(meta, dict) or meta.get("key") != json.loads(json.dumps(self.key, default=str)):
+                    return None  # another piece of work's snapshot
+                return {k: fh.get_tensor(k) for k in fh.keys()}, meta
         except Exception:  # unreadable (e.g. a disk that filled up): start afresh
             return None
-        if not isinstance(meta, dict) or meta.get("key") != json.loads(json.dumps(self.key, default=str)):
-            return None
-        return tensors, meta
 
     def write(self, name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         path = self._path(name)
@@ -194,13 +189,14 @@ class ResumableLoop:
         if saved is not None:
             tensors, meta = saved
             try:
-                if not 0 <= int(meta["next"]) <= total:
+                start, seconds = int(meta["next"]), float(meta["seconds"])
+                if not 0 <= start <= total:
                     raise ValueError("iteration out of range")
                 state.restore(tensors, meta)
-                self.start, self.earlier_seconds = int(meta["next"]), float(meta["seconds"])
-                store.resumed[name] = self.start
-            except (KeyError, TypeError, ValueError, IndexError, RuntimeError):
-                pass  # a snapshot that does not fit this loop: start afresh
+                self.start, self.earlier_seconds = start, seconds
+                store.resumed[name] = start
+            except (KeyError, TypeError, ValueError, IndexError):
+                pass  # a snapshot that does not fit this loop: start afresh (restore changed nothing)
         self.bar = tqdm(total=total, initial=self.start, desc=desc, unit=unit, disable=not progress)
 
     def __iter__(self) -> Iterator[int]:
@@ -219,3 +215,6 @@ class ResumableLoop:
     def seconds(self, since: float) -> float:
         """Seconds of this work: ``time.perf_counter() - since`` in this run plus the earlier runs' loop time."""
         return time.perf_counter() - since + self.earlier_seconds
+
+
+NO_SNAPSHOTS = Checkpoints(None, {})  # a store that keeps nothing: loops run straight through

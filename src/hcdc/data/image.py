@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import tarfile
 import warnings
@@ -137,6 +138,17 @@ class ImageData:
             "val": len(self.x_val),
             "test": len(self.x_test),
         }
+
+
+def data_fingerprint(data: ImageData) -> str:
+    """A hash of ``data``'s content (name, classes, every split's images and labels), for cache keys."""
+    h = hashlib.sha256(json.dumps([data.name, list(data.classes), list(data.image_shape)]).encode())
+    for split in ("train", "val", "test"):
+        x, y = data.split(split)
+        h.update(f"{split}:{len(y)}".encode())
+        h.update(x.contiguous().numpy().data)
+        h.update(y.contiguous().numpy().data)
+    return h.hexdigest()[:16]
 
 
 def _describe(value: Any) -> str:

@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checkpoint import Checkpoints, LoopState
+from ..checkpoint import NO_SNAPSHOTS, Checkpoints, LoopState
 from ..data.graph import GraphData
 from ..hypergrad import BestResponse, hypergradient
 from ..models import polyfilter
@@ -166,13 +167,12 @@ def calibrate_validation(
     seed: int,
     progress: bool = False,
     columns: Tensor | None = None,
-    checkpoints: Checkpoints | None = None,
+    checkpoints: Checkpoints = NO_SNAPSHOTS,
 ) -> CalibrationResult:
     """Learn the synthetic validation nodes of an HCDC graph proxy (see the module docstring);
     with ``columns``, their features live on those input columns and are zero elsewhere. With
     ``checkpoints`` the loop over trajectories resumes where an interrupted run stopped."""
     start = time.perf_counter()
-    checkpoints = checkpoints if checkpoints is not None else Checkpoints(None, {})
     g = torch.Generator().manual_seed(int(seed))
     real = FilterProblem.from_graph_data(data)
     everything = torch.ones_like(y_train, dtype=torch.bool)

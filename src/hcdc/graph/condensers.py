@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..artifacts import FORMAT_VERSION, Proxy
-from ..checkpoint import Checkpoints, LoopState
+from ..checkpoint import NO_SNAPSHOTS, Checkpoints, LoopState
 from ..data.graph import GraphData, graph_fingerprint, row_normalize
 from ..errors import ConfigError, DataError
 from ..models.polyfilter import DenseOperator, EdgeListOperator, init_params, logits
@@ -70,7 +70,7 @@ class GraphCondenser:
     def checkpoints(self, root: str | Path | None, data: GraphData, ratio: float, seed: int) -> Checkpoints:
         """The snapshot store of this method's work on ``data`` at ``ratio`` and ``seed`` under ``root`` (None: keeps nothing)."""
         if root is None:
-            return Checkpoints(None, {})
+            return NO_SNAPSHOTS
         key = {"kind": "graph", "data": [data.name, graph_fingerprint(data)], "method": self.name,
                "options": self.options, "ratio": float(ratio), "seed": int(seed)}
         return Checkpoints(root, key)
@@ -433,7 +433,7 @@ def _initial_features(x_real: Tensor, y_real: Tensor, train_mask: Tensor, counts
 
 
 def synthesize_gcond(data: GraphData, counts: Tensor, seed: int, progress: bool = False,
-                     checkpoints: Checkpoints | None = None, **options) -> GCondResult:
+                     checkpoints: Checkpoints = NO_SNAPSHOTS, **options) -> GCondResult:
     """GCond (Jin et al., ICLR 2022): synthetic nodes whose GCN gradients match the real graph's, class by class.
 
     ``counts[c]`` synthetic nodes of class c get features initialised from real training nodes of
@@ -471,7 +471,6 @@ def synthesize_gcond(data: GraphData, counts: Tensor, seed: int, progress: bool 
     history = []
     state = LoopState({"x": x_learned, **{f"pge.{k}": v for k, v in pge.items()}}, {"feat": opt_feat, "adj": opt_adj},
                       {"g": g}, {"history": history})
-    checkpoints = checkpoints if checkpoints is not None else Checkpoints(None, {})
     loop = checkpoints.loop("gcond", opts.epochs, state, "GCond", progress, unit="epoch")
     for epoch in loop:
         params = {k: v.requires_grad_() for k, v in init_params(data.num_features, opts.hidden, num_classes, g).items()}

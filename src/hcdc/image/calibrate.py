@@ -80,7 +80,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from ..checkpoint import Checkpoints, LoopState
+from ..checkpoint import NO_SNAPSHOTS, Checkpoints, LoopState
 from ..hypergrad import ImplicitHypergradient, TrainHessian, hypergradient
 from .augment import sample_augmentation
 from .space import EDGES, NUM_ARCHITECTURES, OPS, Architecture, NB201Network
@@ -376,7 +376,7 @@ def calibrate_validation(
     config: CalibrationConfig,
     g: torch.Generator,
     progress: bool = False,
-    checkpoints: Checkpoints | None = None,
+    checkpoints: Checkpoints = NO_SNAPSHOTS,
 ) -> CalibrationResult:
     """Learn HCDC's synthetic validation images (see the module docstring) starting from ``x_val_init``.
 
@@ -384,7 +384,6 @@ def calibrate_validation(
     trajectories' starting points (Algorithm 1's candidates λ_1..λ_p). With ``checkpoints`` the
     loop over trajectories resumes where an interrupted run stopped (:mod:`hcdc.checkpoint`).
     """
-    checkpoints = checkpoints if checkpoints is not None else Checkpoints(None, {})
     start = time.perf_counter()
     x_val = x_val_init.clone().requires_grad_(True)
     opt_val = torch.optim.Adam([x_val], lr=config.lr_val)

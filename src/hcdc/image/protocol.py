@@ -92,7 +92,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from ..artifacts import Proxy
-from ..data.image import ImageData
+from ..data.image import ImageData, data_fingerprint
 from ..errors import ConfigError, DataError
 from ..io import merge_json_entries, read_json_entries
 from ..metrics import ranking_report
@@ -285,17 +285,6 @@ def prepare_data(data: ImageData, protocol: ImageProtocol) -> ImageData:
             changes.update({f"x_{split}": x[idx], f"y_{split}": y[idx]})
         data = replace(data, **changes).validate()
     return downsample(data, protocol.resolution)
-
-
-def data_fingerprint(data: ImageData) -> str:
-    """A hash of ``data``'s content (name, classes, every split's images and labels), for cache keys."""
-    h = hashlib.sha256(json.dumps([data.name, list(data.classes), list(data.image_shape)]).encode())
-    for split in ("train", "val", "test"):
-        x, y = data.split(split)
-        h.update(f"{split}:{len(y)}".encode())
-        h.update(x.contiguous().numpy().data)
-        h.update(y.contiguous().numpy().data)
-    return h.hexdigest()[:16]
 
 
 # --- training and scoring -------------------------------------------------------------------------

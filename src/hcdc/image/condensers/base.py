@@ -15,7 +15,6 @@ seed gets the same validation images.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +25,8 @@ import torch
 from torch import Tensor
 
 from ...artifacts import FORMAT_VERSION, Proxy
-from ...checkpoint import Checkpoints
-from ...data.image import ImageData
+from ...checkpoint import NO_SNAPSHOTS, Checkpoints
+from ...data.image import ImageData, data_fingerprint
 from ...errors import ConfigError, DataError
 from ...registry import Registry, check_known_options
 from ...runinfo import package_versions
@@ -172,12 +171,9 @@ class ImageCondenser:
     def checkpoints(self, root: str | Path | None, data: ImageData, ipc: int, seed: int) -> Checkpoints:
         """The snapshot store of this method's work on ``data`` at ``ipc`` and ``seed`` under ``root`` (None: keeps nothing)."""
         if root is None:
-            return Checkpoints(None, {})
-        h = hashlib.sha256()
-        for t in (data.x_train, data.y_train, data.x_val, data.y_val):
-            h.update(t.contiguous().numpy().data)
-        key = {"kind": "image", "data": [data.name, h.hexdigest()[:16]], "method": self.name, "options": self.options,
-               "ipc": int(ipc), "seed": int(seed)}
+            return NO_SNAPSHOTS
+        key = {"kind": "image", "data": [data.name, data_fingerprint(data)], "method": self.name,
+               "options": self.options, "ipc": int(ipc), "seed": int(seed)}
         return Checkpoints(root, key)
 
     def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool, checkpoints: Checkpoints) -> Synthesis:
