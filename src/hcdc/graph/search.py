@@ -69,7 +69,8 @@ def search_filters(graph: NodeGraph, space: FilterSpace, protocol: TrainProtocol
     def score(batch_lam: list[list[float]]) -> list[float]:
         return score_configs(graph, torch.tensor(batch_lam), protocol, evaluate_on=evaluate_on).val_loss.tolist()
 
-    done = run_batched("hcdc-filter-search", config, journal, "minimize", trials, batch, names, lambda t: [t.suggest_float(n, space.low, space.high) for n in names],
+    done = run_batched("hcdc-filter-search", config, journal, "minimize", trials, batch, names,
+                       lambda t: [t.suggest_float(n, space.low, space.high) for n in names],
                        lambda params: [params[n] for n in names], score, progress)
     lam = torch.tensor([p for p, _ in done])
     loss = torch.tensor([v if math.isfinite(v) else math.inf for _, v in done])
