@@ -218,3 +218,13 @@ class ResumableLoop:
 
 
 NO_SNAPSHOTS = Checkpoints(None, {})  # a store that keeps nothing: loops run straight through
+
+
+def condensation_store(root: str | Path | None, kind: str, data_name: str, fingerprint: Callable[[], str],
+                       method: str, options: dict, size: dict, seed: int) -> Checkpoints:
+    """The snapshot store of one condensation under ``root`` (None: :data:`NO_SNAPSHOTS`), keyed by the data
+    (name and ``fingerprint()``, only computed when there is a store), method, options, ``size`` and seed."""
+    if root is None:
+        return NO_SNAPSHOTS
+    return Checkpoints(root, {"kind": kind, "data": [data_name, fingerprint()], "method": method, "options": options,
+                              **size, "seed": int(seed)})

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..artifacts import FORMAT_VERSION, Proxy
-from ..checkpoint import NO_SNAPSHOTS, Checkpoints, LoopState
+from ..checkpoint import NO_SNAPSHOTS, Checkpoints, LoopState, condensation_store
 from ..data.graph import GraphData, graph_fingerprint, row_normalize
 from ..errors import ConfigError, DataError
 from ..models.polyfilter import DenseOperator, EdgeListOperator, init_params, logits
@@ -69,11 +69,8 @@ class GraphCondenser:
 
     def checkpoints(self, root: str | Path | None, data: GraphData, ratio: float, seed: int) -> Checkpoints:
         """The snapshot store of this method's work on ``data`` at ``ratio`` and ``seed`` under ``root`` (None: keeps nothing)."""
-        if root is None:
-            return NO_SNAPSHOTS
-        key = {"kind": "graph", "data": [data.name, graph_fingerprint(data)], "method": self.name,
-               "options": self.options, "ratio": float(ratio), "seed": int(seed)}
-        return Checkpoints(root, key)
+        return condensation_store(root, "graph", data.name, lambda: graph_fingerprint(data), self.name, self.options,
+                                  {"ratio": float(ratio)}, seed)
 
     def _proxy(
         self, data: GraphData, ratio: float, seed: int, tensors: dict[str, Tensor], timings: dict, **extra_meta

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ...artifacts import FORMAT_VERSION, Proxy
-from ...checkpoint import NO_SNAPSHOTS, Checkpoints
+from ...checkpoint import Checkpoints, condensation_store
 from ...data.image import ImageData, data_fingerprint
 from ...errors import ConfigError, DataError
 from ...registry import Registry, check_known_options
@@ -170,11 +170,8 @@ class ImageCondenser:
 
     def checkpoints(self, root: str | Path | None, data: ImageData, ipc: int, seed: int) -> Checkpoints:
         """The snapshot store of this method's work on ``data`` at ``ipc`` and ``seed`` under ``root`` (None: keeps nothing)."""
-        if root is None:
-            return NO_SNAPSHOTS
-        key = {"kind": "image", "data": [data.name, data_fingerprint(data)], "method": self.name,
-               "options": self.options, "ipc": int(ipc), "seed": int(seed)}
-        return Checkpoints(root, key)
+        return condensation_store(root, "image", data.name, lambda: data_fingerprint(data), self.name, self.options,
+                                  {"ipc": int(ipc)}, seed)
 
     def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool, checkpoints: Checkpoints) -> Synthesis:
         """The method itself: ``ipc`` training images per class of ``data`` for condensation seed ``seed``;
