@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from hcdc.artifacts import load_proxy
+from hcdc.artifacts import load_proxy, save_proxy
 from hcdc.cli import main
 from hcdc.data.graph import GraphData
 from hcdc.errors import ConfigError
-from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol, ground_truth, make_condenser
+from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol, ground_truth, make_condenser, unaligned_proxy
 from hcdc.graph.condensers import feature_support
 from hcdc.graph.evaluate import evaluate_proxy, proxy_graph, proxy_graphs
 from hcdc.graph.calibrate import CalibrationConfig, alignment_loss, fit_validation, trajectory_points
@@ -170,6 +170,24 @@ def test_hcdc_features_live_on_the_feature_support(train_method):
     assert (x[proxy.tensors["val_mask"]] != 0).any(0).sum() > 0
     train_graph, score_graph = proxy_graphs(proxy)
     assert drop_unused_columns(train_graph, score_graph)[0].x.shape[1] == len(used)
+
+
+@pytest.mark.parametrize("feature_columns", [0, 6])
+def test_unaligned_proxy_is_the_proxy_before_alignment(tmp_path, feature_columns):
+    """Putting S_val back gives exactly the proxy that zero alignment steps give, after a save/load round trip."""
+    data = _sbm()
+    opts = dict(train_method="random", feature_columns=feature_columns, candidates=1, repeats=1, epochs=8, warmup=4,
+                align_every=4, hidden=8, lr_features=1e-2)
+    aligned = make_condenser("hcdc", **opts, val_steps=3).condense(data, 0.5, seed=5)
+    untouched = make_condenser("hcdc", **opts, val_steps=0).condense(data, 0.5, seed=5)
+    val = aligned.tensors["val_mask"]
+    assert not torch.equal(aligned.tensors["x"][val], untouched.tensors["x"][val])
+    save_proxy(aligned, tmp_path / "p")
+    for proxy in (aligned, load_proxy(tmp_path / "p")):
+        back = unaligned_proxy(proxy, data)
+        assert all(torch.equal(back.tensors[k], untouched.tensors[k]) for k in untouched.tensors)
+    with pytest.raises(ConfigError, match="HCDC proxy"):
+        unaligned_proxy(make_condenser("random").condense(data, 0.5, seed=0), data)
 
 
 @pytest.mark.parametrize("options", [{"feature_columns": -1}, {"feature_columns": 1.5},

@@ -106,6 +106,16 @@ def initial_validation_nodes(data: GraphData, n_val_per_class: Tensor, g: torch.
     return torch.cat(init)
 
 
+def initial_validation(data: GraphData, n_val_per_class: Tensor, g: torch.Generator, columns: Tensor | None = None,
+                       hops: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    """S_val before alignment: (features on ``columns``, adjacency, labels) of the real validation nodes that
+    :func:`initial_validation_nodes` draws with ``g``; the block :func:`calibrate_validation` starts from
+    (with a generator seeded with its seed), and what :func:`hcdc.graph.unaligned_proxy` puts back."""
+    nodes = initial_validation_nodes(data, n_val_per_class, g)
+    y = torch.cat([torch.full((int(n),), c, dtype=torch.long) for c, n in enumerate(n_val_per_class)])
+    return support_features(data, columns)[nodes].clone(), data.induced_adjacency(nodes, hops=hops), y
+
+
 def trajectory_points(real: FilterProblem, syn: FilterProblem, syn_val_loss, lam0: Tensor, init: dict[str, Tensor],
                       space: FilterSpace, protocol: TrainProtocol, config: CalibrationConfig,
                       g: torch.Generator) -> list[AlignmentPoint]:
@@ -178,10 +188,8 @@ def calibrate_validation(
     everything = torch.ones_like(y_train, dtype=torch.bool)
     syn = FilterProblem.from_dense(x_train, adj_train, y_train, everything, everything)
 
-    y_val = torch.cat([torch.full((int(n),), c, dtype=torch.long) for c, n in enumerate(n_val_per_class)])
-    init_nodes = initial_validation_nodes(data, n_val_per_class, g)
-    x_learned = support_features(data, columns)[init_nodes].clone().requires_grad_(True)
-    adj_val = data.induced_adjacency(init_nodes, hops=config.val_hops)
+    x_start, adj_val, y_val = initial_validation(data, n_val_per_class, g, columns, config.val_hops)
+    x_learned = x_start.requires_grad_(True)
     val_op = polyfilter.DenseOperator.from_adjacency(adj_val)
     opt_val = torch.optim.Adam([x_learned], lr=config.lr_features, foreach=True)
 

@@ -25,7 +25,7 @@ from ..data.graph import GraphData
 from ..errors import ConfigError
 from ..artifacts import Proxy
 from ..checkpoint import Checkpoints
-from .calibrate import CalibrationConfig, calibrate_validation
+from .calibrate import CalibrationConfig, calibrate_validation, initial_validation
 from .condensers import (GraphCondenser, class_counts, feature_support, on_columns, proxy_sizes, register_condenser,
                          support_features, synthesize_gcond)
 from .space import FilterSpace, TrainProtocol
@@ -104,3 +104,23 @@ class HCDCCondenser(GraphCondenser):
         proxy.meta["alignment_history"] = cal.history
         proxy.meta["alignment_points"] = cal.points
         return store.finish(proxy)
+
+
+def unaligned_proxy(proxy: Proxy, data: GraphData) -> Proxy:
+    """An HCDC proxy of ``data`` with its validation features put back where alignment started them.
+
+    The same S_train and validation adjacency, and as S_val the features of the real validation
+    nodes :func:`~hcdc.graph.calibrate.initial_validation` draws with the proxy's condensation seed:
+    the proxy HCDC would give without Algorithm 1's alignment step, for measuring what that step adds.
+    """
+    if proxy.meta.get("method") != "hcdc":
+        raise ConfigError(f"an unaligned proxy needs an HCDC proxy, got method {proxy.meta.get('method')!r}")
+    options = proxy.meta["config"]
+    columns = feature_support(data.x, options["feature_columns"])
+    val = proxy.tensors["val_mask"]
+    counts = torch.bincount(proxy.tensors["y"][val], minlength=data.num_classes)
+    generator = torch.Generator().manual_seed(int(proxy.meta["seeds"]["condense"]))
+    x_start, _, _ = initial_validation(data, counts, generator, columns, options["val_hops"])
+    x = proxy.tensors["x"].clone()
+    x[val] = on_columns(x_start, columns, data.num_features).to(x.dtype)
+    return Proxy(proxy.kind, {**proxy.tensors, "x": x}, {**proxy.meta, "alignment": "none (validation set at its start)"})
