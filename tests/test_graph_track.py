@@ -362,6 +362,19 @@ def test_graph_table_side_by_side_speed_replaces_row_timings(tmp_path, monkeypat
     assert "alternated 2 times" in (tmp_path / "results" / "merged.md").read_text()
 
 
+def test_graph_table_reports_what_alignment_adds_for_hcdc_rows(tmp_path, monkeypatch):
+    bench = bench_on_sbm("graph_table", tmp_path, monkeypatch)
+    hcdc = "hcdc:train_method=random,candidates=1,epochs=8,warmup=4,align_every=4,hidden=8,val_steps=3,lr_features=0.01"
+    table = bench.main(["--datasets", "sbm", "--ratios", "0.5", "--methods", "random", hcdc, "--condense-seeds", "0", "1",
+                        "--configs", "6", "--train-seeds", "1", "--name", "table"])
+    random_row, hcdc_row = table["rows"]
+    assert random_row["unaligned_spearman_mean"] is None and random_row["unaligned_spearman_per_seed"] == []
+    assert len(hcdc_row["unaligned_spearman_per_seed"]) == len(hcdc_row["spearman_per_seed"]) == 2
+    assert hcdc_row["unaligned_spearman_mean"] == pytest.approx(np.mean(hcdc_row["unaligned_spearman_per_seed"]))
+    assert hcdc_row["spearman_mean"] == pytest.approx(np.mean(hcdc_row["spearman_per_seed"]))
+    assert "ρ unaligned" in (tmp_path / "results" / "table.md").read_text()
+
+
 def test_graph_table_methods_carry_condenser_options():
     bench = load_bench("graph_table")
     assert bench.method_spec("hcdc") == ("hcdc", {})
