@@ -238,8 +238,8 @@ def write(result: dict, name: str) -> None:
 
 
 def combine(names: list[str], name: str, command: str) -> dict:
-    """Merge the tables of separate runs (e.g. one process per dataset) into one; a cell run by several
-    of them takes the row of the last (a rerun after a change of defaults replaces the older row)."""
+    """Merge the tables of separate runs (e.g. one process per dataset) into one; a cell or ablation variant
+    run by several of them takes the row of the last (a rerun after a change of defaults replaces the older row)."""
     parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in names]
     cells = {(r["dataset"], r["r"], r["method"]): r for p in parts for r in p["rows"]}
     rows = sorted(cells.values(), key=lambda r: (
@@ -257,7 +257,8 @@ def combine(names: list[str], name: str, command: str) -> dict:
             row.update({k: timing[k] for k in ("proxy_seconds_per_config", "whole_seconds_per_config", "eval_speedup")},
                        break_even_configs=break_even(row["condense_seconds"], timing["whole_seconds_per_config"],
                                                      timing["proxy_seconds_per_config"]), speed_measured="side by side")
-    result = {**parts[0], "rows": rows, "ablation": [r for p in parts for r in p["ablation"]],
+    ablation = {(r["dataset"], r["r"], r["ablation"], r["value"]): r for p in parts for r in p["ablation"]}
+    result = {**parts[0], "rows": rows, "ablation": list(ablation.values()),
               "speed": list(speed.values()),
               "ground_truth_seconds": truth_seconds,
               "loss_ceiling": {k: v for p in parts for k, v in p.get("loss_ceiling", {}).items()},

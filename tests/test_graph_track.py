@@ -360,6 +360,12 @@ def test_graph_table_side_by_side_speed_replaces_row_timings(tmp_path, monkeypat
     assert all(-1 <= v <= 1 for v in merged["loss_ceiling"]["sbm"])
     assert "side by side" not in (tmp_path / "results" / "table.md").read_text()
     assert "alternated 2 times" in (tmp_path / "results" / "merged.md").read_text()
+    # an ablation variant run twice: the later run's row, once
+    variant = {"dataset": "sbm", "r": 0.5, "ablation": "neumann_terms", "kendall": 0.0, "condense_seconds": 1.0}
+    bench.write({**table, "ablation": [{**variant, "value": j, "spearman": 0.1} for j in (0, 1)]}, "ablation_old")
+    bench.write({**table, "ablation": [{**variant, "value": 1, "spearman": 0.9}]}, "ablation_new")
+    merged = bench.combine(["ablation_old", "ablation_new"], "ablation_merged", "test")
+    assert [(r["value"], r["spearman"]) for r in merged["ablation"]] == [(0, 0.1), (1, 0.9)]
 
 
 def test_graph_table_reports_what_alignment_adds_for_hcdc_rows(tmp_path, monkeypatch):
