@@ -21,8 +21,8 @@ Algorithm 1, for the continuous space of polynomial filters λ ∈ [low, high]^{
   every ``align_every`` epochs record an alignment point: the IFT hypergradient on the real graph,
   g_T (real training and validation nodes), and the proxy's linearised best response dθ_S*/dλ
   (:class:`hcdc.hypergrad.BestResponse`, K+1 solves), both with a Neumann series of
-  ``neumann_terms`` = J terms (J = 1 by default: the Cora ablation of ``bench/graph_table.py``
-  ranks better with J = 0 or 1 than with J = 5, 10 or 20); then move λ one
+  ``neumann_terms`` = J terms (J = 1 by default: in the Cora ablation of ``bench/graph_table.py``
+  J = 1 ranks best of J = 0, 1, 5 and 20, by less than the seed-to-seed spread); then move λ one
   normalised hypergradient step on the proxy (λ ← λ − η g_S/‖g_S‖, clipped to the space).
 - Alignment (line 7): because S_train is fixed, g_S(S_val) = ∂_λ L_val + (dθ*/dλ)ᵀ ∂_θ L_val at a
   recorded point needs no Hessian product, so S_val takes ``val_steps`` Adam steps on the mean
