@@ -13,7 +13,8 @@ from hcdc.errors import ConfigError
 from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol, ground_truth, make_condenser, unaligned_proxy
 from hcdc.graph.condensers import feature_support
 from hcdc.graph.evaluate import evaluate_proxy, proxy_graph, proxy_graphs
-from hcdc.graph.calibrate import CalibrationConfig, alignment_loss, fit_validation, trajectory_points
+from hcdc.graph.calibrate import (VALIDATION_OPTIMIZERS, CalibrationConfig, NormalizedGD, alignment_loss, fit_validation,
+                                  trajectory_points)
 from hcdc.graph.hpo import HPOConfig, hypergradient_hpo
 from hcdc.graph.problem import FilterProblem
 from hcdc.graph.train import _masked_ce, drop_unused_columns, score_configs, stacked_logits, train_stacked
@@ -218,8 +219,9 @@ def test_block_diagonal_proxy_trains_on_its_training_block_alone():
     assert proxy_graphs(type(proxy)(proxy.kind, {**t, "adj": adj}, proxy.meta))[1] is None
 
 
-def test_fitting_the_validation_set_lowers_the_alignment_loss():
-    """Algorithm 1 line 7: Adam on S_val's features lowers the mean 1 − cos(g_T, g_S) over recorded points."""
+@pytest.mark.parametrize("optimizer,lr", [("adam", 1e-2), ("normalized-gd", 0.1)])
+def test_fitting_the_validation_set_lowers_the_alignment_loss(optimizer, lr):
+    """Algorithm 1 line 7: each optimiser of S_val's features lowers the mean 1 − cos(g_T, g_S) over recorded points."""
     data = _sbm()
     protocol = TrainProtocol(hidden=8)
     config = CalibrationConfig(epochs=30, warmup=10, align_every=10)
@@ -243,10 +245,27 @@ def test_fitting_the_validation_set_lowers_the_alignment_loss():
     # each point keeps the θ_S it was recorded at (training goes on in place after it was recorded)
     assert not torch.equal(points[0].response.params["w1"], points[2].response.params["w1"])
     before = float(alignment_loss(points, syn_val_loss).detach())
-    history = fit_validation(torch.optim.Adam([x_val], lr=1e-2), points, syn_val_loss, 30, len(points), g)
+    history = fit_validation(VALIDATION_OPTIMIZERS[optimizer]([x_val], lr), points, syn_val_loss, 30, len(points), g)
     after = float(alignment_loss(points, syn_val_loss).detach())
     assert history[0] == pytest.approx(before, rel=1e-5)
     assert after < 0.5 * before
+
+
+def test_normalized_gd_steps_a_fixed_distance_down_the_joint_gradient():
+    """Each step moves all parameters together by exactly lr, along the negative gradient."""
+    a, b = torch.tensor([3.0, -1.0], requires_grad=True), torch.tensor([[2.0]], requires_grad=True)
+    opt = NormalizedGD([a, b], lr=0.5)
+    ((a ** 2).sum() + 4 * (b ** 2).sum()).backward()  # gradient (6, -2, 16), norm sqrt(296)
+    opt.step()
+    direction = torch.tensor([6.0, -2.0, 16.0]) / 296 ** 0.5
+    moved = torch.cat([a.detach() - torch.tensor([3.0, -1.0]), b.detach().view(-1) - 2.0])
+    assert torch.allclose(moved, -0.5 * direction, atol=1e-6)
+    assert opt.state_dict()["state"] == {}  # nothing to snapshot: a resumed calibration continues exactly
+
+
+def test_hcdc_rejects_an_unknown_validation_optimizer():
+    with pytest.raises(ConfigError, match="val_optimizer"):
+        make_condenser("hcdc", val_optimizer="sgd")
 
 
 def test_hypergradient_hpo_moves_an_anti_smoothing_filter_towards_smoothing():

@@ -25,10 +25,14 @@ Algorithm 1, for the continuous space of polynomial filters λ ∈ [low, high]^{
   J = 1 ranks best of J = 0, 1, 5 and 20, by less than the seed-to-seed spread); then move λ one
   normalised hypergradient step on the proxy (λ ← λ − η g_S/‖g_S‖, clipped to the space).
 - Alignment (line 7): because S_train is fixed, g_S(S_val) = ∂_λ L_val + (dθ*/dλ)ᵀ ∂_θ L_val at a
-  recorded point needs no Hessian product, so S_val takes ``val_steps`` Adam steps on the mean
-  cosine distance 1 − cos(g_T, g_S) over all points recorded so far (``bank_batch`` of them per
-  step) instead of one noisy step per point. Trajectories of the next repeat are driven by the
-  updated S_val.
+  recorded point needs no Hessian product, so S_val takes ``val_steps`` steps of ``val_optimizer``
+  (:data:`VALIDATION_OPTIMIZERS`, step size ``lr_features``) on the mean cosine distance
+  1 − cos(g_T, g_S) over all points recorded so far (``bank_batch`` of them per step) instead of one
+  noisy step per point. Trajectories of the next repeat are driven by the updated S_val. Adam (the
+  default) moves every feature about ``lr_features`` per step, including the many the alignment
+  loss barely depends on; ``normalized-gd`` moves S_val a distance ``lr_features`` along the
+  gradient, so it changes most the features that matter most (``bench/graph_table.py`` compares
+  the two).
 
 θ_T is trained on the real graph rather than approximated by θ_S (NOTES §1: the faithful option).
 """
@@ -42,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..checkpoint import NO_SNAPSHOTS, Checkpoints, LoopState
 from ..data.graph import GraphData
 from ..hypergrad import BestResponse, hypergradient
@@ -49,6 +54,33 @@ from ..models import polyfilter
 from .condensers import on_columns, support_features
 from .problem import FilterProblem, trainable
 from .space import FilterSpace, TrainProtocol
+
+
+class NormalizedGD(torch.optim.Optimizer):
+    """Normalised gradient descent: each step moves the parameters (of all groups' gradients, normalised
+    together) a distance ``lr`` along the negative gradient; it keeps no state."""
+
+    def __init__(self, params, lr: float):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return None
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"] / max(norm, 1e-12))
+        return None
+
+
+VALIDATION_OPTIMIZERS = {
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=True),
+    "normalized-gd": NormalizedGD,
+}
+"""Optimisers of S_val's features by name: ``factory(params, lr)``."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +99,11 @@ class CalibrationConfig:
     lr_lambda: float = 0.1
     power_iterations: int = 8
     val_hops: int = 1
+    val_optimizer: str = "adam"
+
+    def __post_init__(self):
+        if self.val_optimizer not in VALIDATION_OPTIMIZERS:
+            raise ConfigError(f"unknown val_optimizer {self.val_optimizer!r}; choose from {sorted(VALIDATION_OPTIMIZERS)}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -191,7 +228,7 @@ def calibrate_validation(
     x_start, adj_val, y_val = initial_validation(data, n_val_per_class, g, columns, config.val_hops)
     x_learned = x_start.requires_grad_(True)
     val_op = polyfilter.DenseOperator.from_adjacency(adj_val)
-    opt_val = torch.optim.Adam([x_learned], lr=config.lr_features, foreach=True)
+    opt_val = VALIDATION_OPTIMIZERS[config.val_optimizer]([x_learned], config.lr_features)
 
     def syn_val_loss(p, lam):
         return F.cross_entropy(polyfilter.logits(p, lam, on_columns(x_learned, columns, data.num_features), val_op), y_val)
