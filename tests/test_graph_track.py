@@ -407,3 +407,23 @@ def test_graph_table_methods_carry_condenser_options():
         "hcdc", {"feature_columns": 256, "train_method": "random"})
     with pytest.raises(SystemExit, match="key=value"):
         bench.method_spec("hcdc:feature_columns")
+
+
+def test_graph_val_fit_scores_each_way_of_fitting_the_validation_set(tmp_path, monkeypatch):
+    bench = bench_on_sbm("graph_val_fit", tmp_path, monkeypatch)
+    hcdc = "hcdc:train_method=random,candidates=1,epochs=8,warmup=4,align_every=4,hidden=8,val_steps=3"
+    result = bench.main(["--dataset", "sbm", "--method", hcdc, "--condense-seeds", "0", "--variants", "none",
+                         "adam:0.01", "normalized-gd:0.1", "--tune-configs", "6", "--tune-seed", "7", "--train-seeds", "1"])
+    none, adam, ngd = result["rows"]
+    # no fit: the proxy's own validation set before alignment
+    proxy, _ = bench.cached_proxy(_sbm(), hcdc, 0.5, 0, {})
+    lam = FilterSpace().sample(6, 7)
+    truth = ground_truth(_sbm(), lam, TrainProtocol(seeds=(0,)))
+    expected = evaluate_proxy(unaligned_proxy(proxy, _sbm()), _sbm(), lam, TrainProtocol(seeds=(0,)), truth)
+    assert none["l1_moved"] == 0 and none["spearman"] == pytest.approx(expected.report["spearman"])
+    assert adam["l1_moved"] > 0 and ngd["l1_moved"] > 0 and adam["alignment_end"] is not None
+    assert [r["variant"] for r in result["summary"]] == ["none", "adam:0.01", "normalized-gd:0.1"]
+    assert "ρ (tuning configs)" in (tmp_path / "results" / "graph_val_fit.md").read_text()
+    for bad in (["--tune-seed", "0"], ["--variants", "sgd:0.1"]):
+        with pytest.raises(ConfigError):
+            bench.main(["--dataset", "sbm", "--method", hcdc] + bad)

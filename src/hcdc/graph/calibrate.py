@@ -111,13 +111,13 @@ class CalibrationConfig:
 
 @dataclass
 class CalibrationResult:
-    """The learned validation block and the alignment history (mean 1 − cos per S_val step)."""
+    """The learned validation block, the alignment history (mean 1 − cos per S_val step) and the recorded points."""
 
     x_val: Tensor
     adj_val: Tensor
     y_val: Tensor
     history: list[float]
-    points: int
+    points: list[AlignmentPoint]
     seconds: float
 
 
@@ -151,6 +151,16 @@ def initial_validation(data: GraphData, n_val_per_class: Tensor, g: torch.Genera
     nodes = initial_validation_nodes(data, n_val_per_class, g)
     y = torch.cat([torch.full((int(n),), c, dtype=torch.long) for c, n in enumerate(n_val_per_class)])
     return support_features(data, columns)[nodes].clone(), data.induced_adjacency(nodes, hops=hops), y
+
+
+def validation_loss(x: Tensor, adj: Tensor, y: Tensor, columns: Tensor | None, num_features: int):
+    """S_val's loss ``(θ, λ) -> cross-entropy`` of the validation block (features ``x`` on ``columns``,
+    adjacency ``adj``, labels ``y``), differentiable in ``x``."""
+    operator = polyfilter.DenseOperator.from_adjacency(adj)
+
+    def loss(p, lam):
+        return F.cross_entropy(polyfilter.logits(p, lam, on_columns(x, columns, num_features), operator), y)
+    return loss
 
 
 def trajectory_points(real: FilterProblem, syn: FilterProblem, syn_val_loss, lam0: Tensor, init: dict[str, Tensor],
@@ -227,11 +237,8 @@ def calibrate_validation(
 
     x_start, adj_val, y_val = initial_validation(data, n_val_per_class, g, columns, config.val_hops)
     x_learned = x_start.requires_grad_(True)
-    val_op = polyfilter.DenseOperator.from_adjacency(adj_val)
     opt_val = VALIDATION_OPTIMIZERS[config.val_optimizer]([x_learned], config.lr_features)
-
-    def syn_val_loss(p, lam):
-        return F.cross_entropy(polyfilter.logits(p, lam, on_columns(x_learned, columns, data.num_features), val_op), y_val)
+    syn_val_loss = validation_loss(x_learned, adj_val, y_val, columns, data.num_features)
 
     candidates = space.sample(config.candidates, seed=10_000 + seed)
     points: list[AlignmentPoint] = []
@@ -248,7 +255,7 @@ def calibrate_validation(
             history += fit_validation(opt_val, points, syn_val_loss, config.val_steps, config.bank_batch, g)
             loop.bar.set_postfix(align=f"{history[0]:.3f}->{history[-1]:.3f}" if history else "-", repeat=rep)
     return CalibrationResult(on_columns(x_learned.detach(), columns, data.num_features), adj_val, y_val, history,
-                             len(points), loop.seconds(start))
+                             points, loop.seconds(start))
 
 
 def _encode_point(point: AlignmentPoint) -> dict[str, Tensor]:

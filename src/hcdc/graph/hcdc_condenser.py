@@ -102,7 +102,7 @@ class HCDCCondenser(GraphCondenser):
                    "y": torch.cat([y_tr, cal.y_val]), "train_mask": mask, "val_mask": ~mask}
         proxy = self._proxy(data, ratio, seed, tensors, {"train_set": train_seconds, "validation_set": cal.seconds})
         proxy.meta["alignment_history"] = cal.history
-        proxy.meta["alignment_points"] = cal.points
+        proxy.meta["alignment_points"] = len(cal.points)
         return store.finish(proxy)
 
 
