@@ -31,7 +31,7 @@ from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol  # noqa: E402
 from hcdc.graph.evaluate import proxy_graphs  # noqa: E402
 from hcdc.report import markdown_table  # noqa: E402
 from hcdc.graph.search import retrain_finalists, search_filters  # noqa: E402
-from hcdc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
+from hcdc.io import write_result  # noqa: E402
 from hcdc.metrics import mean_std  # noqa: E402
 from hcdc.runinfo import machine_info, package_versions  # noqa: E402
 
@@ -140,9 +140,7 @@ def main(argv=None) -> dict:
 
 
 def write(result: dict, name: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{name}.json", result)
-    atomic_write_bytes(RESULTS / f"{name}.md", to_markdown(result).encode())
+    write_result(RESULTS, name, result, to_markdown(result))
 
 
 if __name__ == "__main__":

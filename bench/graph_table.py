@@ -35,7 +35,7 @@ from hcdc.graph import (FilterProblem, FilterSpace, NodeGraph, TrainProtocol, ev
 from hcdc.graph.evaluate import proxy_graphs
 from hcdc.report import markdown_table
 from hcdc.metrics import mean_std, spearman
-from hcdc.io import atomic_write_bytes, atomic_write_json
+from hcdc.io import write_result
 from hcdc.paths import cache_dir, snapshot_dir
 from hcdc.runinfo import machine_info, package_versions
 
@@ -232,9 +232,7 @@ def to_markdown(result: dict) -> str:
 
 
 def write(result: dict, name: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{name}.json", result)
-    atomic_write_bytes(RESULTS / f"{name}.md", to_markdown(result).encode())
+    write_result(RESULTS, name, result, to_markdown(result))
 
 
 def combine(names: list[str], name: str, command: str) -> dict:

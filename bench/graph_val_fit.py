@@ -35,7 +35,7 @@ from hcdc.graph import FilterSpace, TrainProtocol, evaluate_proxy, ground_truth,
 from hcdc.graph.calibrate import (VALIDATION_OPTIMIZERS, calibrate_validation, fit_validation,  # noqa: E402
                                   initial_validation, validation_loss)
 from hcdc.graph.condensers import feature_support, on_columns  # noqa: E402
-from hcdc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
+from hcdc.io import write_result  # noqa: E402
 from hcdc.metrics import mean_std  # noqa: E402
 from hcdc.report import markdown_table  # noqa: E402
 from hcdc.runinfo import machine_info, package_versions  # noqa: E402
@@ -149,17 +149,12 @@ def main(argv=None) -> dict:
         result["rows"] += seed_rows(data, args.method, args.ratio, seed, args.variants, lam, truth,
                                     TrainProtocol(seeds=(0,)))
         result["summary"] = summary(result["rows"])
-        write(result, args.name)
+        write_result(RESULTS, args.name, result, to_markdown(result))
     result["complete"] = True
-    write(result, args.name)
-    print(to_markdown(result))
+    markdown = to_markdown(result)
+    write_result(RESULTS, args.name, result, markdown)
+    print(markdown)
     return result
-
-
-def write(result: dict, name: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{name}.json", result)
-    atomic_write_bytes(RESULTS / f"{name}.md", to_markdown(result).encode())
 
 
 if __name__ == "__main__":

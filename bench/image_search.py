@@ -36,7 +36,7 @@ from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
 from hcdc.image.protocol import PROTOCOLS, data_fingerprint, default_device, image_ground_truth, prepare_data  # noqa: E402
 from hcdc.image.recipes import method_options  # noqa: E402
 from hcdc.image.search import proxy_objective, retrain_finalists, search_architectures, truth_objective  # noqa: E402
-from hcdc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
+from hcdc.io import write_result  # noqa: E402
 from hcdc.metrics import mean_std  # noqa: E402
 from hcdc.report import markdown_table  # noqa: E402
 from hcdc.runinfo import machine_info, package_versions  # noqa: E402
@@ -88,9 +88,7 @@ def to_markdown(result: dict) -> str:
 
 
 def write(result: dict, out_dir: Path, name: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / f"{name}.json", result)
-    atomic_write_bytes(out_dir / f"{name}.md", to_markdown(result).encode())
+    write_result(out_dir, name, result, to_markdown(result))
 
 
 def main(argv=None) -> dict:

@@ -57,6 +57,7 @@ from hcdc.io import (
     atomic_write_json,
     merge_json_entries,
     read_json_entries,
+    write_result,
 )
 from hcdc.metrics import mean_std, seed_agreement
 from hcdc.paths import cache_dir, snapshot_dir
@@ -252,8 +253,7 @@ def to_markdown(result: dict) -> str:
 
 
 def write(result: dict, out_dir: Path, name: str) -> None:
-    atomic_write_json(out_dir / f"{name}.json", result)
-    atomic_write_bytes(out_dir / f"{name}.md", to_markdown(result).encode())
+    write_result(out_dir, name, result, to_markdown(result))
 
 
 def render(out_dir: Path, name: str) -> dict:

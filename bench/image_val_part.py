@@ -48,7 +48,7 @@ from hcdc.image.protocol import (
     train_architecture,
 )
 from hcdc.image.space import Architecture
-from hcdc.io import atomic_write_bytes, atomic_write_json
+from hcdc.io import write_result
 from hcdc.metrics import seed_agreement, spearman
 from hcdc.paths import cache_dir
 from hcdc.runinfo import machine_info, package_versions
@@ -130,8 +130,7 @@ def report_header(title: str, result: dict) -> list[str]:
 
 def write_report(out_dir: Path, name: str, result: dict, md: str) -> None:
     """``result`` as ``<name>.json`` and its markdown report ``md`` as ``<name>.md`` (both atomically); prints ``md``."""
-    atomic_write_json(out_dir / f"{name}.json", result)
-    atomic_write_bytes(out_dir / f"{name}.md", md.encode())
+    write_result(out_dir, name, result, md)
     print(md)
 
 

@@ -34,6 +34,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def write_result(directory: str | os.PathLike, name: str, result: Any, markdown: str) -> None:
+    """A benchmark's ``result`` as ``<directory>/<name>.json`` and its ``markdown`` as ``<name>.md``, each atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(directory / f"{name}.json", result)
+    atomic_write_bytes(directory / f"{name}.md", markdown.encode())
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it to ``path`` only on success.
