@@ -10,7 +10,7 @@ Algorithm 1, for the continuous space of polynomial filters λ ∈ [low, high]^{
   are joined when the real nodes they start from are at most ``val_hops`` hops apart (1: the
   induced subgraph, the default; 2: also nodes sharing a neighbour). On Cora at r = 0.5 with GCond's
   S_train and 40 tuning configurations (a seed disjoint from the table's), the induced block ranks
-  at ρ 0.60 before learning and 0.66–0.71 after; the 2-hop block at 0.70 before and 0.65 after, so
+  at ρ 0.60 before learning and 0.66–0.71 after (Adam fit); the 2-hop block at 0.70 before and 0.65 after, so
   learning is only a gain on the induced block. GCond's learned adjacency applied to S_val links
   mostly nodes of different classes on Cora and inverts the ranking of smoothing filters. So
   L_train on the proxy, its Hessian and mixed partials do not depend on S_val, and the proxy's
