@@ -28,13 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from graph_table import cached_proxy, method_spec  # noqa: E402  (the table's proxy cache)
 
-from hcdc.artifacts import Proxy  # noqa: E402
 from hcdc.data import load_dataset  # noqa: E402
 from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
 from hcdc.graph import FilterSpace, TrainProtocol, evaluate_proxy, ground_truth, make_condenser  # noqa: E402
-from hcdc.graph.calibrate import (VALIDATION_OPTIMIZERS, calibrate_validation, fit_validation,  # noqa: E402
-                                  initial_validation, validation_loss)
-from hcdc.graph.condensers import feature_support, on_columns  # noqa: E402
+from hcdc.graph.calibrate import VALIDATION_OPTIMIZERS, calibrate_validation, fit_validation, validation_loss  # noqa: E402
+from hcdc.graph.hcdc_condenser import validation_start, with_validation_features  # noqa: E402
 from hcdc.io import write_result  # noqa: E402
 from hcdc.metrics import mean_std  # noqa: E402
 from hcdc.report import markdown_table  # noqa: E402
@@ -58,20 +56,15 @@ def seed_rows(data, method: str, ratio: float, seed: int, variants: list[str], l
     proxy, _ = cached_proxy(data, method, ratio, seed, {})
     name, options = method_spec(method)
     condenser = make_condenser(name, **options)
-    if condenser.name != "hcdc":
-        raise ConfigError(f"--method must be an hcdc method, got {method!r}")
+    x_start, adj, y, columns = validation_start(proxy, data)
     t = proxy.tensors
-    train, val = t["train_mask"], t["val_mask"]
-    columns = feature_support(data.x, condenser.options["feature_columns"])
-    counts = torch.bincount(t["y"][val], minlength=data.num_classes)
+    train = t["train_mask"]
     start = time.perf_counter()
-    recorded = calibrate_validation(data, t["x"][train], t["adj"][train][:, train], t["y"][train], counts,
-                                    condenser.space, condenser.protocol,
+    recorded = calibrate_validation(data, t["x"][train], t["adj"][train][:, train], t["y"][train],
+                                    torch.bincount(y, minlength=data.num_classes), condenser.space, condenser.protocol,
                                     dataclasses.replace(condenser.calibration, val_steps=0), seed, progress=True,
                                     columns=columns)
     record_seconds = time.perf_counter() - start
-    x_start, adj, y = initial_validation(data, counts, torch.Generator().manual_seed(seed), columns,
-                                         condenser.calibration.val_hops)
     rows = []
     for spec in variants:
         name, lr = parse_variant(spec)
@@ -82,9 +75,7 @@ def seed_rows(data, method: str, ratio: float, seed: int, variants: list[str], l
             VALIDATION_OPTIMIZERS[name]([x], lr), recorded.points, loss, condenser.calibration.val_steps,
             condenser.calibration.bank_batch, torch.Generator().manual_seed(seed))
         fit_seconds = time.perf_counter() - start
-        features = t["x"].clone()
-        features[val] = on_columns(x.detach(), columns, data.num_features).to(features.dtype)
-        fitted = Proxy(proxy.kind, {**t, "x": features}, {**proxy.meta, "alignment": spec})
+        fitted = with_validation_features(proxy, data, x.detach(), columns, spec)
         ev = evaluate_proxy(fitted, data, lam, protocol, truth)
         rows.append({"variant": spec, "seed": seed, "spearman": ev.report["spearman"], "kendall": ev.report["kendall"],
                      "alignment_start": history[0] if history else None,

@@ -106,21 +106,29 @@ class HCDCCondenser(GraphCondenser):
         return store.finish(proxy)
 
 
-def unaligned_proxy(proxy: Proxy, data: GraphData) -> Proxy:
-    """An HCDC proxy of ``data`` with its validation features put back where alignment started them.
-
-    The same S_train and validation adjacency, and as S_val the features of the real validation
-    nodes :func:`~hcdc.graph.calibrate.initial_validation` draws with the proxy's condensation seed:
-    the proxy HCDC would give without Algorithm 1's alignment step, for measuring what that step adds.
-    """
+def validation_start(proxy: Proxy, data: GraphData) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Where Algorithm 1 started the validation set of an HCDC proxy of ``data``: (features on the proxy's
+    columns, adjacency, labels, the columns or None), the real validation nodes that
+    :func:`~hcdc.graph.calibrate.initial_validation` draws with the proxy's condensation seed."""
     if proxy.meta.get("method") != "hcdc":
-        raise ConfigError(f"an unaligned proxy needs an HCDC proxy, got method {proxy.meta.get('method')!r}")
+        raise ConfigError(f"an HCDC validation set needs an HCDC proxy, got method {proxy.meta.get('method')!r}")
     options = proxy.meta["config"]
     columns = feature_support(data.x, options["feature_columns"])
-    val = proxy.tensors["val_mask"]
-    counts = torch.bincount(proxy.tensors["y"][val], minlength=data.num_classes)
+    counts = torch.bincount(proxy.tensors["y"][proxy.tensors["val_mask"]], minlength=data.num_classes)
     generator = torch.Generator().manual_seed(int(proxy.meta["seeds"]["condense"]))
-    x_start, _, _ = initial_validation(data, counts, generator, columns, options["val_hops"])
-    x = proxy.tensors["x"].clone()
-    x[val] = on_columns(x_start, columns, data.num_features).to(x.dtype)
-    return Proxy(proxy.kind, {**proxy.tensors, "x": x}, {**proxy.meta, "alignment": "none (validation set at its start)"})
+    return (*initial_validation(data, counts, generator, columns, options["val_hops"]), columns)
+
+
+def with_validation_features(proxy: Proxy, data: GraphData, x: Tensor, columns: Tensor | None, alignment: str) -> Proxy:
+    """``proxy`` with its validation nodes' features replaced by ``x`` (on ``columns``), ``alignment`` saying how."""
+    features = proxy.tensors["x"].clone()
+    features[proxy.tensors["val_mask"]] = on_columns(x, columns, data.num_features).to(features.dtype)
+    return Proxy(proxy.kind, {**proxy.tensors, "x": features}, {**proxy.meta, "alignment": alignment})
+
+
+def unaligned_proxy(proxy: Proxy, data: GraphData) -> Proxy:
+    """An HCDC proxy of ``data`` with its validation features put back where alignment started them
+    (:func:`validation_start`): the same S_train and validation adjacency, the proxy HCDC would give
+    without Algorithm 1's alignment step, for measuring what that step adds."""
+    x_start, _, _, columns = validation_start(proxy, data)
+    return with_validation_features(proxy, data, x_start, columns, "none (validation set at its start)")
