@@ -86,17 +86,18 @@ def seed_rows(data, method: str, ratio: float, seed: int, variants: list[str], l
     return rows
 
 
-def summary(rows: list[dict]) -> list[dict]:
-    """Per variant: ρ mean ± std and per seed, mean final alignment loss and L1 move."""
+def summary(rows: list[dict], means: tuple[str, ...] = ("alignment_end", "l1_moved")) -> list[dict]:
+    """Per variant: ρ mean ± std and per seed, and the mean of each ``means`` field over the seeds that have it."""
     out = []
     for spec in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == spec]
         rho = mean_std([r["spearman"] for r in mine])
-        ends = [r["alignment_end"] for r in mine if r["alignment_end"] is not None]
-        out.append({"variant": spec, "spearman_mean": rho[0], "spearman_std": rho[1],
-                    "per_seed": " / ".join(f"{r['spearman']:.3f}" for r in mine),
-                    "alignment_end": statistics.fmean(ends) if ends else None,
-                    "l1_moved": statistics.fmean(r["l1_moved"] for r in mine)})
+        row = {"variant": spec, "spearman_mean": rho[0], "spearman_std": rho[1],
+               "per_seed": " / ".join(f"{r['spearman']:.3f}" for r in mine)}
+        for key in means:
+            values = [r[key] for r in mine if r[key] is not None]
+            row[key] = statistics.fmean(values) if values else None
+        out.append(row)
     return out
 
 

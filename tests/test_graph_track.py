@@ -427,3 +427,25 @@ def test_graph_val_fit_scores_each_way_of_fitting_the_validation_set(tmp_path, m
     for bad in (["--tune-seed", "0"], ["--variants", "sgd:0.1"]):
         with pytest.raises(ConfigError):
             bench.main(["--dataset", "sbm", "--method", hcdc] + bad)
+
+
+def test_demo_schedule_scores_demo_variants_on_tuning_configurations(tmp_path, monkeypatch):
+    bench = bench_on_sbm("demo_schedule", tmp_path, monkeypatch)
+    small_hcdc = {"train_method": "random", "candidates": 1, "epochs": 8, "warmup": 4, "align_every": 4, "hidden": 8,
+                  "val_steps": 3}
+    monkeypatch.setattr(bench, "DEMO_METHODS", {"random": {}, "hcdc": small_hcdc})
+    protocol = TrainProtocol(epochs=10, hidden=8, seeds=(0,))
+    monkeypatch.setattr(bench, "DEMO_PROTOCOL", protocol)
+    result = bench.main(["--condense-seeds", "0", "--variants", "random", "hcdc", "hcdc:val_steps=0",
+                         "--tune-configs", "6", "--tune-seed", "7"])
+    random_row, hcdc_row, unfitted = result["rows"]
+    lam = FilterSpace().sample(6, 7)
+    truth = ground_truth(_sbm(), lam, protocol)
+    proxy = make_condenser("random").condense(_sbm(), bench.DEMO_RATIO, 0)
+    assert random_row["spearman"] == pytest.approx(evaluate_proxy(proxy, _sbm(), lam, protocol, truth).report["spearman"])
+    assert hcdc_row["alignment_end"] is not None and unfitted["alignment_end"] is None
+    assert [r["variant"] for r in result["summary"]] == ["random", "hcdc", "hcdc:val_steps=0"]
+    assert "ρ (tuning configs)" in (tmp_path / "results" / "demo_schedule.md").read_text()
+    for bad in (["--tune-seed", "0"], ["--variants", "kcenter"], ["--variants", "hcdc:val_optimizer=sgd"]):
+        with pytest.raises(ConfigError):
+            bench.main(bad)

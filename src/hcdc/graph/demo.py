@@ -19,20 +19,23 @@ from ..report import markdown_table, plot_scores
 from .space import FilterSpace, TrainProtocol
 
 DEMO_GCOND = {"epochs": 40}
-DEMO_HCDC = {"candidates": 4, "repeats": 1, "epochs": 100, "warmup": 50, "align_every": 10, "val_steps": 50,
+DEMO_HCDC = {"candidates": 8, "repeats": 1, "epochs": 100, "warmup": 50, "align_every": 10, "val_steps": 50,
              "gcond": DEMO_GCOND}
+DEMO_METHODS = {"random": {}, "gcond-x": DEMO_GCOND, "gcond": DEMO_GCOND, "hcdc": DEMO_HCDC}
+DEMO_PROTOCOL = TrainProtocol(epochs=100, seeds=(0,))
+DEMO_RATIO = 0.25
 
 
-def run_demo(data: GraphData, out: Path, configs: int = 24, ratio: float = 0.25, seed: int = 0) -> list[dict]:
+def run_demo(data: GraphData, out: Path, configs: int = 24, ratio: float = DEMO_RATIO, seed: int = 0) -> list[dict]:
     """Run the demo on ``data``; writes ``out/demo.md`` and ``out/hcdc_scores.png`` and returns the rows."""
-    protocol = TrainProtocol(epochs=100, seeds=(0,))
+    protocol = DEMO_PROTOCOL
     lam = FilterSpace().sample(configs, seed=0)
     start = time.perf_counter()
     truth = ground_truth(data, lam, protocol)
     print(f"ground truth: {configs} configurations on the whole graph in {time.perf_counter() - start:.0f} s "
           f"({truth.computed} trained, the rest cached)", flush=True)
     rows = []
-    for method, options in (("random", {}), ("gcond-x", DEMO_GCOND), ("gcond", DEMO_GCOND), ("hcdc", DEMO_HCDC)):
+    for method, options in DEMO_METHODS.items():
         proxy = make_condenser(method, **options).condense(data, ratio, seed, progress=True)
         condense_s = sum(proxy.meta["timings"].values())  # includes a synthesis shared with gcond-x
         start = time.perf_counter()
