@@ -21,13 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from graph_table import method_spec  # noqa: E402
-from graph_val_fit import summary  # noqa: E402
+from graph_val_fit import run_study  # noqa: E402
 
 from hcdc.data import load_dataset  # noqa: E402
 from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
 from hcdc.graph import FilterSpace, evaluate_proxy, ground_truth, make_condenser  # noqa: E402
 from hcdc.graph.demo import DEMO_HCDC, DEMO_METHODS, DEMO_PROTOCOL, DEMO_RATIO  # noqa: E402
-from hcdc.io import write_result  # noqa: E402
 from hcdc.report import markdown_table  # noqa: E402
 from hcdc.runinfo import machine_info, package_versions  # noqa: E402
 
@@ -41,6 +40,21 @@ def variant(spec: str) -> tuple[str, dict]:
     if name not in DEMO_METHODS:
         raise ConfigError(f"variant {spec!r}: expected one of {sorted(DEMO_METHODS)}, optionally with :key=value,...")
     return name, {**DEMO_METHODS[name], **options}
+
+
+def variant_rows(data, spec: str, seeds: list[int], lam, truth) -> list[dict]:
+    """One row per condensation seed: the demo's ``spec`` proxy scored on ``lam`` under the demo's protocol."""
+    rows = []
+    for seed in seeds:
+        name, options = variant(spec)
+        proxy = make_condenser(name, **options).condense(data, DEMO_RATIO, seed, progress=True)
+        ev = evaluate_proxy(proxy, data, lam, DEMO_PROTOCOL, truth)
+        history = proxy.meta.get("alignment_history")
+        rows.append({"variant": spec, "seed": seed, "spearman": ev.report["spearman"], "kendall": ev.report["kendall"],
+                     "alignment_end": history[-1] if history else None,
+                     "condense_seconds": sum(proxy.meta["timings"].values())})
+        print(f"{spec} seed {seed}: rho={ev.report['spearman']:.3f}", file=sys.stderr, flush=True)
+    return rows
 
 
 def to_markdown(result: dict) -> str:
@@ -78,24 +92,9 @@ def main(argv=None) -> dict:
     result = {"command": ("python bench/demo_schedule.py " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip(),
               "dataset": args.dataset, "ratio": DEMO_RATIO, "demo_hcdc": DEMO_HCDC, "condense_seeds": args.condense_seeds,
               "tune_configs": args.tune_configs, "tune_seed": args.tune_seed,
-              "machine": machine_info(), "versions": package_versions(), "rows": [], "complete": False}
-    for spec in args.variants:
-        for seed in args.condense_seeds:
-            name, options = variant(spec)
-            proxy = make_condenser(name, **options).condense(data, DEMO_RATIO, seed, progress=True)
-            ev = evaluate_proxy(proxy, data, lam, DEMO_PROTOCOL, truth)
-            history = proxy.meta.get("alignment_history")
-            result["rows"].append({"variant": spec, "seed": seed, "spearman": ev.report["spearman"],
-                                   "kendall": ev.report["kendall"], "alignment_end": history[-1] if history else None,
-                                   "condense_seconds": sum(proxy.meta["timings"].values())})
-            print(f"{spec} seed {seed}: rho={ev.report['spearman']:.3f}", file=sys.stderr, flush=True)
-        result["summary"] = summary(result["rows"], means=("alignment_end", "condense_seconds"))
-        write_result(RESULTS, args.name, result, to_markdown(result))
-    result["complete"] = True
-    markdown = to_markdown(result)
-    write_result(RESULTS, args.name, result, markdown)
-    print(markdown)
-    return result
+              "machine": machine_info(), "versions": package_versions()}
+    groups = (variant_rows(data, spec, args.condense_seeds, lam, truth) for spec in args.variants)
+    return run_study(RESULTS, args.name, result, groups, ("alignment_end", "condense_seconds"), to_markdown)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -136,15 +137,24 @@ def main(argv=None) -> dict:
     result = {"command": "python bench/graph_val_fit.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "dataset": args.dataset, "ratio": args.ratio, "method": args.method,
               "condense_seeds": args.condense_seeds, "tune_configs": args.tune_configs, "tune_seed": args.tune_seed,
-              "machine": machine_info(), "versions": package_versions(), "rows": [], "complete": False}
-    for seed in args.condense_seeds:
-        result["rows"] += seed_rows(data, args.method, args.ratio, seed, args.variants, lam, truth,
-                                    TrainProtocol(seeds=(0,)))
-        result["summary"] = summary(result["rows"])
-        write_result(RESULTS, args.name, result, to_markdown(result))
+              "machine": machine_info(), "versions": package_versions()}
+    groups = (seed_rows(data, args.method, args.ratio, seed, args.variants, lam, truth, TrainProtocol(seeds=(0,)))
+              for seed in args.condense_seeds)
+    return run_study(RESULTS, args.name, result, groups, ("alignment_end", "l1_moved"), to_markdown)
+
+
+def run_study(directory: Path, name: str, result: dict, groups: Iterable[list[dict]], means: tuple[str, ...],
+              to_markdown: Callable[[dict], str]) -> dict:
+    """Fill ``result["rows"]`` one group of rows at a time, writing the partial result and its
+    :func:`summary` after each (``complete`` false until the last), then print the markdown."""
+    result.update(rows=[], complete=False)
+    for rows in groups:
+        result["rows"] += rows
+        result["summary"] = summary(result["rows"], means)
+        write_result(directory, name, result, to_markdown(result))
     result["complete"] = True
     markdown = to_markdown(result)
-    write_result(RESULTS, args.name, result, markdown)
+    write_result(directory, name, result, markdown)
     print(markdown)
     return result
 
