@@ -21,13 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from graph_table import method_spec  # noqa: E402
-from graph_val_fit import run_study  # noqa: E402
+from graph_val_fit import run_study, study_markdown  # noqa: E402
 
 from hcdc.data import load_dataset  # noqa: E402
 from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
 from hcdc.graph import FilterSpace, evaluate_proxy, ground_truth, make_condenser  # noqa: E402
 from hcdc.graph.demo import DEMO_HCDC, DEMO_METHODS, DEMO_PROTOCOL, DEMO_RATIO  # noqa: E402
-from hcdc.report import markdown_table  # noqa: E402
 from hcdc.runinfo import machine_info, package_versions  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -58,17 +57,12 @@ def variant_rows(data, spec: str, seeds: list[int], lam, truth) -> list[dict]:
 
 
 def to_markdown(result: dict) -> str:
-    cols = [("variant", "schedule", ""), ("spearman_mean", "ρ (tuning configs)", ".3f"), ("spearman_std", "±", ".3f"),
-            ("per_seed", "per seed", ""), ("alignment_end", "final 1 − cos", ".3f"),
-            ("condense_seconds", "condense s (mean)", ".0f")]
-    return "\n".join([
-        f"# The demo's HCDC schedule: {result['dataset']}, r = {result['ratio']}", "",
-        f"Command: `{result['command']}`  ", f"Machine: {result['machine']['processor']}, "
-        f"{result['machine']['cpu_count']} cores; torch {result['versions']['torch']}.  ",
+    return study_markdown(
+        result, "The demo's HCDC schedule",
         f"Demo schedule `hcdc`: `{result['demo_hcdc']}`; tuning configurations: {result['tune_configs']} drawn with "
         f"seed {result['tune_seed']} (the demo's are seed 0), trained with the demo's protocol; condensation seeds "
-        f"{result['condense_seeds']}.", "",
-        markdown_table(result["summary"], cols), ""])
+        f"{result['condense_seeds']}.", "schedule",
+        [("alignment_end", "final 1 − cos", ".3f"), ("condense_seconds", "condense s (mean)", ".0f")])
 
 
 def main(argv=None) -> dict:

@@ -102,16 +102,24 @@ def summary(rows: list[dict], means: tuple[str, ...] = ("alignment_end", "l1_mov
     return out
 
 
-def to_markdown(result: dict) -> str:
-    cols = [("variant", "S_val fit", ""), ("spearman_mean", "ρ (tuning configs)", ".3f"), ("spearman_std", "±", ".3f"),
-            ("per_seed", "per seed", ""), ("alignment_end", "final 1 − cos", ".3f"), ("l1_moved", "L1 moved per node", ".2f")]
+def study_markdown(result: dict, title: str, setting: str, variant_column: str, extra: list[tuple]) -> str:
+    """A tuning study's markdown: ``title``, command, machine, ``setting``, then per variant ρ
+    (mean, ±, per seed) and the ``extra`` columns of :func:`hcdc.report.markdown_table`."""
+    cols = [("variant", variant_column, ""), ("spearman_mean", "ρ (tuning configs)", ".3f"), ("spearman_std", "±", ".3f"),
+            ("per_seed", "per seed", ""), *extra]
     return "\n".join([
-        f"# Fitting HCDC's graph validation set: {result['dataset']}, r = {result['ratio']}", "",
+        f"# {title}: {result['dataset']}, r = {result['ratio']}", "",
         f"Command: `{result['command']}`  ", f"Machine: {result['machine']['processor']}, "
-        f"{result['machine']['cpu_count']} cores; torch {result['versions']['torch']}.  ",
-        f"Tuning configurations: {result['tune_configs']} drawn with seed {result['tune_seed']}; S_train and "
-        f"trajectories from `{result['method']}`, condensation seeds {result['condense_seeds']}.", "",
+        f"{result['machine']['cpu_count']} cores; torch {result['versions']['torch']}.  ", setting, "",
         markdown_table(result["summary"], cols), ""])
+
+
+def to_markdown(result: dict) -> str:
+    return study_markdown(
+        result, "Fitting HCDC's graph validation set",
+        f"Tuning configurations: {result['tune_configs']} drawn with seed {result['tune_seed']}; S_train and "
+        f"trajectories from `{result['method']}`, condensation seeds {result['condense_seeds']}.", "S_val fit",
+        [("alignment_end", "final 1 − cos", ".3f"), ("l1_moved", "L1 moved per node", ".2f")])
 
 
 def main(argv=None) -> dict:
