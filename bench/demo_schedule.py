@@ -15,7 +15,6 @@ Also reported: condensation seconds and the final alignment loss.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from hcdc.data import load_dataset  # noqa: E402
 from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
 from hcdc.graph import FilterSpace, evaluate_proxy, ground_truth, make_condenser  # noqa: E402
 from hcdc.graph.demo import DEMO_HCDC, DEMO_METHODS, DEMO_PROTOCOL, DEMO_RATIO  # noqa: E402
-from hcdc.runinfo import machine_info, package_versions  # noqa: E402
+from hcdc.runinfo import command_line, machine_info, package_versions  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,9 +42,9 @@ def variant(spec: str) -> tuple[str, dict]:
 
 def variant_rows(data, spec: str, seeds: list[int], lam, truth) -> list[dict]:
     """One row per condensation seed: the demo's ``spec`` proxy scored on ``lam`` under the demo's protocol."""
+    name, options = variant(spec)
     rows = []
     for seed in seeds:
-        name, options = variant(spec)
         proxy = make_condenser(name, **options).condense(data, DEMO_RATIO, seed, progress=True)
         ev = evaluate_proxy(proxy, data, lam, DEMO_PROTOCOL, truth)
         history = proxy.meta.get("alignment_history")
@@ -69,8 +68,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="cora")
     parser.add_argument("--condense-seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=["hcdc", "hcdc:val_steps=20", "hcdc:val_steps=20,lr_features=0.03",
-                                                          "hcdc:candidates=8", "hcdc:candidates=8,val_steps=20"])
+    parser.add_argument("--variants", nargs="+",
+                        default=["hcdc:candidates=4", "hcdc:candidates=4,val_steps=20",
+                                 "hcdc:candidates=4,val_steps=20,lr_features=0.03", "hcdc:candidates=8",
+                                 "hcdc:candidates=8,val_steps=20"])
     parser.add_argument("--tune-configs", type=int, default=40)
     parser.add_argument("--tune-seed", type=int, default=2024)
     parser.add_argument("--name", default="demo_schedule")
@@ -83,7 +84,7 @@ def main(argv=None) -> dict:
     data = load_dataset(args.dataset)
     lam = FilterSpace().sample(args.tune_configs, args.tune_seed)
     truth = ground_truth(data, lam, DEMO_PROTOCOL)
-    result = {"command": ("python bench/demo_schedule.py " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip(),
+    result = {"command": command_line(__file__, argv),
               "dataset": args.dataset, "ratio": DEMO_RATIO, "demo_hcdc": DEMO_HCDC, "condense_seeds": args.condense_seeds,
               "tune_configs": args.tune_configs, "tune_seed": args.tune_seed,
               "machine": machine_info(), "versions": package_versions()}

@@ -17,7 +17,6 @@ study's total over the proxy's (condensation + search + finalists).
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from hcdc.report import markdown_table  # noqa: E402
 from hcdc.graph.search import retrain_finalists, search_filters  # noqa: E402
 from hcdc.io import write_result  # noqa: E402
 from hcdc.metrics import mean_std  # noqa: E402
-from hcdc.runinfo import machine_info, package_versions  # noqa: E402
+from hcdc.runinfo import command_line, machine_info, package_versions  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -123,7 +122,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--finalists", type=int, default=5, help="best trials retrained on the whole graph")
     parser.add_argument("--name", default="graph_search")
     args = parser.parse_args(argv)
-    command = "python bench/graph_search.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     protocol = TrainProtocol(seeds=tuple(range(args.train_seeds)))
     result = {"command": command, "trials": args.trials, "sampler": args.sampler, "seed": args.seed,
               "train_seeds": args.train_seeds, "finalists": args.finalists, "condense_seeds": args.condense_seeds, "machine": machine_info(),

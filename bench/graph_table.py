@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ from hcdc.report import markdown_table
 from hcdc.metrics import mean_std, spearman
 from hcdc.io import write_result
 from hcdc.paths import cache_dir, snapshot_dir
-from hcdc.runinfo import machine_info, package_versions
+from hcdc.runinfo import command_line, machine_info, package_versions
 
 RESULTS = Path(__file__).parent / "results"
 DATASETS, RATIOS, METHODS = ["cora", "citeseer"], [0.25, 0.5, 1.0], ["random", "gcond-x", "gcond", "hcdc"]
@@ -299,7 +298,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--name", default="graph_table")
     parser.add_argument("--combine", nargs="+", metavar="NAME", help="only merge the results NAME.json into --name")
     args = parser.parse_args(argv)
-    command = "python bench/graph_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     if args.combine:
         return combine(args.combine, args.name, command)
     space, protocol = FilterSpace(), TrainProtocol(seeds=tuple(range(args.train_seeds)))

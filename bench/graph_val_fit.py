@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ from hcdc.graph.hcdc_condenser import validation_start, with_validation_features
 from hcdc.io import write_result  # noqa: E402
 from hcdc.metrics import mean_std  # noqa: E402
 from hcdc.report import markdown_table  # noqa: E402
-from hcdc.runinfo import machine_info, package_versions  # noqa: E402
+from hcdc.runinfo import command_line, machine_info, package_versions  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -87,7 +86,7 @@ def seed_rows(data, method: str, ratio: float, seed: int, variants: list[str], l
     return rows
 
 
-def summary(rows: list[dict], means: tuple[str, ...] = ("alignment_end", "l1_moved")) -> list[dict]:
+def summary(rows: list[dict], means: tuple[str, ...]) -> list[dict]:
     """Per variant: ρ mean ± std and per seed, and the mean of each ``means`` field over the seeds that have it."""
     out = []
     for spec in dict.fromkeys(r["variant"] for r in rows):
@@ -142,7 +141,7 @@ def main(argv=None) -> dict:
     data = load_dataset(args.dataset)
     lam = FilterSpace().sample(args.tune_configs, args.tune_seed)
     truth = ground_truth(data, lam, TrainProtocol(seeds=tuple(range(args.train_seeds))))
-    result = {"command": "python bench/graph_val_fit.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    result = {"command": command_line(__file__, argv),
               "dataset": args.dataset, "ratio": args.ratio, "method": args.method,
               "condense_seeds": args.condense_seeds, "tune_configs": args.tune_configs, "tune_seed": args.tune_seed,
               "machine": machine_info(), "versions": package_versions()}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ from hcdc.image.protocol import (  # noqa: E402
 )
 from hcdc.image.space import Architecture  # noqa: E402
 from hcdc.metrics import spearman_brown  # noqa: E402
-from hcdc.runinfo import machine_info, package_versions  # noqa: E402
+from hcdc.runinfo import command_line, machine_info, package_versions  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -120,7 +119,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--name", default=None, help="results name (default: the table's with image_proxy_noise for image_table)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    command = "python bench/image_proxy_noise.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     if args.seeds < 2:
         raise ConfigError("--seeds must be at least 2 (seed-to-seed agreement needs two rankings)")
     variants = [parse_named_json(v, "--variant") for v in args.variant]

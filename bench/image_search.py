@@ -20,7 +20,6 @@ study trained a cell first; the proxies' search times are this run's wall times.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
@@ -39,7 +38,7 @@ from hcdc.image.search import proxy_objective, retrain_finalists, search_archite
 from hcdc.io import write_result  # noqa: E402
 from hcdc.metrics import mean_std  # noqa: E402
 from hcdc.report import markdown_table  # noqa: E402
-from hcdc.runinfo import machine_info, package_versions  # noqa: E402
+from hcdc.runinfo import command_line, machine_info, package_versions  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -106,7 +105,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--name", default=None, help="results name (default: image_search_<protocol>)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    command = "python bench/image_search.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     protocol = PROTOCOLS[args.protocol]
     if get_spec(args.dataset).kind != "image":
         raise ConfigError(f"dataset '{args.dataset}' is not an image dataset")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -61,7 +60,7 @@ from hcdc.io import (
 )
 from hcdc.metrics import mean_std, seed_agreement
 from hcdc.paths import cache_dir, snapshot_dir
-from hcdc.runinfo import machine_info, package_versions
+from hcdc.runinfo import command_line, machine_info, package_versions
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_METHODS = ["random", "kcenter", "herding", "dc", "dsa", "dm", "kip", "tm", "hcdc"]
@@ -325,7 +324,7 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if args.render:
         return render(args.out_dir, args.render)
-    command = "python bench/image_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     run = resolve(args)
     protocol: ImageProtocol = run["protocol"]
     device = default_device(args.device)

@@ -26,8 +26,6 @@ import argparse
 import functools
 import hashlib
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -51,7 +49,7 @@ from hcdc.image.space import Architecture
 from hcdc.io import write_result
 from hcdc.metrics import seed_agreement, spearman
 from hcdc.paths import cache_dir
-from hcdc.runinfo import machine_info, package_versions
+from hcdc.runinfo import command_line, machine_info, package_versions
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -160,7 +158,7 @@ def main(argv=None) -> dict:
                         help="training seeds 0..N-1 per architecture (default: the protocol's proxy seeds)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    command = "python bench/image_val_part.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     try:
         table = json.loads((args.out_dir / f"{args.table}.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -20,6 +20,7 @@ from hcdc.graph.problem import FilterProblem
 from hcdc.graph.train import _masked_ce, drop_unused_columns, score_configs, stacked_logits, train_stacked
 from hcdc.data.graph import row_normalize
 from hcdc.models import polyfilter
+from hcdc.runinfo import command_line
 from conftest import load_bench
 
 
@@ -449,3 +450,8 @@ def test_demo_schedule_scores_demo_variants_on_tuning_configurations(tmp_path, m
     for bad in (["--tune-seed", "0"], ["--variants", "kcenter"], ["--variants", "hcdc:val_optimizer=sgd"]):
         with pytest.raises(ConfigError):
             bench.main(bad)
+
+
+def test_command_line_records_the_script_and_quoted_arguments():
+    assert command_line("/repo/bench/graph_table.py", ["--name", "a b"]) == "python bench/graph_table.py --name 'a b'"
+    assert command_line("/repo/bench/demo_schedule.py", []) == "python bench/demo_schedule.py"

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import sys
 import time
 from contextlib import contextmanager
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Iterator
 
 _PACKAGES = ("hcdc", "torch", "torch_geometric", "numpy", "scipy", "optuna", "safetensors")
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How a benchmark script was run, for its results: ``python <folder>/<script> <arguments>``
+    (``argv`` None: the process's own arguments)."""
+    path = Path(script)
+    args = argv if argv is not None else sys.argv[1:]
+    return f"python {path.parent.name}/{path.name} {shlex.join(args)}".rstrip()
 
 
 def package_versions() -> dict[str, str]:

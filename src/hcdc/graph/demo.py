@@ -28,10 +28,9 @@ DEMO_RATIO = 0.25
 
 def run_demo(data: GraphData, out: Path, configs: int = 24, ratio: float = DEMO_RATIO, seed: int = 0) -> list[dict]:
     """Run the demo on ``data``; writes ``out/demo.md`` and ``out/hcdc_scores.png`` and returns the rows."""
-    protocol = DEMO_PROTOCOL
     lam = FilterSpace().sample(configs, seed=0)
     start = time.perf_counter()
-    truth = ground_truth(data, lam, protocol)
+    truth = ground_truth(data, lam, DEMO_PROTOCOL)
     print(f"ground truth: {configs} configurations on the whole graph in {time.perf_counter() - start:.0f} s "
           f"({truth.computed} trained, the rest cached)", flush=True)
     rows = []
@@ -39,7 +38,7 @@ def run_demo(data: GraphData, out: Path, configs: int = 24, ratio: float = DEMO_
         proxy = make_condenser(method, **options).condense(data, ratio, seed, progress=True)
         condense_s = sum(proxy.meta["timings"].values())  # includes a synthesis shared with gcond-x
         start = time.perf_counter()
-        ev = evaluate_proxy(proxy, data, lam, protocol, truth)
+        ev = evaluate_proxy(proxy, data, lam, DEMO_PROTOCOL, truth)
         rows.append({"method": method, "r": ratio, "nodes": f"{proxy.meta['train_nodes']}+{proxy.meta['val_nodes']}",
                      "spearman": ev.report["spearman"], "kendall": ev.report["kendall"], "perf": 100 * ev.perf,
                      "oracle": 100 * ev.oracle_perf, "condense_s": condense_s, "eval_s": time.perf_counter() - start})
