@@ -368,6 +368,10 @@ def test_graph_table_side_by_side_speed_replaces_row_timings(tmp_path, monkeypat
     assert speed["ground_truth_seconds"] == {} and speed["loss_ceiling"] == {}  # timings need no ground truth
     assert "Ground truth" not in (tmp_path / "results" / "speed.md").read_text()
     assert timing["eval_speedup"] == pytest.approx(timing["whole_seconds_per_config"] / timing["proxy_seconds_per_config"])
+    # the bound: whole-graph time over Adam's time alone at the columns the proxy's nodes use
+    assert timing["speedup_bound"] == pytest.approx(timing["whole_seconds_per_config"] / timing["optimizer_seconds_per_config"])
+    assert 1 <= timing["proxy_input_columns"] <= _sbm().x.shape[1]
+    assert "speed-up bound" in (tmp_path / "results" / "speed.md").read_text()
     rerun = {**table, "rows": [{**table["rows"][0], "spearman_mean": 0.123}]}
     bench.write(rerun, "rerun")
     merged = bench.combine(["table", "rerun", "speed"], "merged", "test")

@@ -140,3 +140,9 @@ def test_search_bench_compares_proxy_and_whole_graph_studies(tmp_path, monkeypat
     assert row["whole_graph_perf"] == whole["perf"] and row["whole_graph_perf_top1"] == whole["perf_top1"]
     assert result["complete"] and result["finalists"] == 3
     assert "| sbm | random | 0.5 |" in (tmp_path / "results" / "graph_search.md").read_text()
+    # --recondense: the cached proxies are condensed again in the run (same seeds: the same proxies, the same studies)
+    again = bench.main(["--datasets", "sbm", "--methods", "random", "--condense-seeds", "0", "1", "--trials", "6",
+                        "--finalists", "3", "--recondense", "--name", "again"])
+    assert [r["best"] for r in again["rows"][0]["runs"]] == [r["best"] for r in row["runs"]]
+    assert "measured in this run" in (tmp_path / "results" / "again.md").read_text()
+    assert "when each cached proxy was made" in (tmp_path / "results" / "graph_search.md").read_text()
