@@ -32,7 +32,7 @@ from hcdc.errors import exit_on_user_error
 from hcdc.graph import (FilterProblem, FilterSpace, NodeGraph, TrainProtocol, evaluate_proxy, ground_truth, hpo_perf,
                         make_condenser, proxy_problem, score_configs, unaligned_proxy)
 from hcdc.graph.evaluate import proxy_graphs
-from hcdc.graph.train import drop_unused_columns, optimizer_seconds_per_config
+from hcdc.graph.train import SparseMatrix, drop_unused_columns, optimizer_seconds_per_config
 from hcdc.report import markdown_table
 from hcdc.metrics import mean_std, spearman
 from hcdc.io import write_result
@@ -90,6 +90,12 @@ def seconds_per_config(train_graph, lam, protocol, evaluate_on=None) -> float:
     return scores.seconds / min(16, len(lam))
 
 
+def feature_entries(graph) -> int:
+    """Stored entries of a graph's feature matrix (non-zeros when sparse): the first layer's product
+    ``x @ W1`` and its gradient cost this many multiply-adds per hidden unit and configuration."""
+    return int(graph.x.csr.values().numel()) if isinstance(graph.x, SparseMatrix) else graph.x.numel()
+
+
 def speed_rows(data, lam, protocol, ratios, methods, seed: int, repeats: int) -> Iterator[dict]:
     """Per-configuration evaluation time on each proxy and on the whole graph, measured side by side:
     one untimed warm-up of each, then ``repeats`` alternations of (whole graph, proxy) in one process;
@@ -99,7 +105,8 @@ def speed_rows(data, lam, protocol, ratios, methods, seed: int, repeats: int) ->
         for method in methods:
             proxy, _ = cached_proxy(data, method, ratio, seed, {})
             graphs = proxy_graphs(proxy)
-            columns = drop_unused_columns(graphs[0], graphs[1] or graphs[0])[0].x.shape[1]
+            trained = drop_unused_columns(graphs[0], graphs[1] or graphs[0])[0]
+            columns = trained.x.shape[1]
             whole, small, update = [], [], []
             seconds_per_config(whole_graph, lam, protocol)
             seconds_per_config(graphs[0], lam, protocol, evaluate_on=graphs[1])
@@ -112,6 +119,7 @@ def speed_rows(data, lam, protocol, ratios, methods, seed: int, repeats: int) ->
                   f"(optimiser alone {u * 1e3:.0f} ms: at most {w / u:.1f}x)", file=sys.stderr, flush=True)
             yield {"dataset": data.name.lower(), "method": method, "r": ratio, "proxy_seconds_per_config": p,
                    "whole_seconds_per_config": w, "eval_speedup": w / p, "proxy_input_columns": columns,
+                   "proxy_feature_entries": feature_entries(trained), "whole_feature_entries": feature_entries(whole_graph),
                    "optimizer_seconds_per_config": u, "speedup_bound": w / u, "repeats": repeats, "warmup": True}
 
 
@@ -222,13 +230,17 @@ def to_markdown(result: dict) -> str:
                       ("proxy_seconds_per_config", "proxy s/config", ".3f"),
                       ("whole_seconds_per_config", "whole-graph s/config", ".3f"), ("eval_speedup", "speed-up", ".1f"),
                       ("proxy_input_columns", "proxy input columns", ""),
+                      ("proxy_feature_entries", "proxy feature entries", ""),
+                      ("whole_feature_entries", "whole-graph feature entries", ""),
                       ("optimizer_seconds_per_config", "Adam alone s/config", ".3f"),
                       ("speedup_bound", "speed-up bound", ".1f"), ("warmup", "warm-up", "")])]
         if any("speedup_bound" in r for r in result["speed"]):
             parts += ["", "Adam alone: the time the protocol's 200 Adam steps take on the parameters of 16 configurations "
                       "at the proxy's input width (W1 has one row per input column that some proxy node uses), with no "
                       "forward or backward pass. A proxy pays it whatever its number of nodes, so whole-graph time over "
-                      "it bounds the speed-up any proxy of that width can reach."]
+                      "it bounds the speed-up any proxy of that width can reach. Feature entries: the stored entries of the "
+                      "feature matrix each trains on (the proxy's training block, dense; the whole graph's non-zeros): "
+                      "the first layer's product with W1 and its gradient cost that many multiply-adds per hidden unit."]
     if result.get("parts"):
         parts += ["", "Made by these runs (each row's timings are from its own run):", ""]
         parts += [f"- `{name}`: `{part['command']}` ({part['torch_threads']} torch thread(s))"
