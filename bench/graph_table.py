@@ -32,7 +32,7 @@ from hcdc.errors import exit_on_user_error
 from hcdc.graph import (FilterProblem, FilterSpace, NodeGraph, TrainProtocol, evaluate_proxy, ground_truth, hpo_perf,
                         make_condenser, proxy_problem, score_configs, unaligned_proxy)
 from hcdc.graph.evaluate import proxy_graphs
-from hcdc.graph.train import SparseMatrix, drop_unused_columns, optimizer_seconds_per_config
+from hcdc.graph.train import drop_unused_columns, optimizer_seconds_per_config
 from hcdc.report import markdown_table
 from hcdc.metrics import mean_std, spearman
 from hcdc.io import write_result
@@ -68,7 +68,8 @@ PROXY_REVISION = 2
 def cached_proxy(data, method: str, ratio: float, seed: int, options: dict, recondense: bool = False):
     """Condense (or reuse a cached proxy of) ``data`` with the table method ``method`` (see :func:`method_spec`)
     and extra ``options``; returns (proxy, condensation seconds). ``recondense``: condense even if a proxy
-    is cached (the same seed gives the same proxy), so that its time is measured now, on this run's threads."""
+    is cached, so that its time is measured now, on this run's threads (the same seed gives the same proxy,
+    up to float rounding that depends on the number of threads)."""
     name, spec_options = method_spec(method)
     options = {**spec_options, **options}
     resolved = make_condenser(name, **options).options  # defaults included: a change of defaults is a new entry
@@ -88,12 +89,6 @@ def seconds_per_config(train_graph, lam, protocol, evaluate_on=None) -> float:
     one_seed = TrainProtocol(**{**protocol.as_dict(), "seeds": (protocol.seeds[0],)})
     scores = score_configs(train_graph, lam[:16], one_seed, evaluate_on=evaluate_on)
     return scores.seconds / min(16, len(lam))
-
-
-def feature_entries(graph) -> int:
-    """Stored entries of a graph's feature matrix (non-zeros when sparse): the first layer's product
-    ``x @ W1`` and its gradient cost this many multiply-adds per hidden unit and configuration."""
-    return int(graph.x.csr.values().numel()) if isinstance(graph.x, SparseMatrix) else graph.x.numel()
 
 
 def speed_rows(data, lam, protocol, ratios, methods, seed: int, repeats: int) -> Iterator[dict]:
@@ -119,7 +114,7 @@ def speed_rows(data, lam, protocol, ratios, methods, seed: int, repeats: int) ->
                   f"(optimiser alone {u * 1e3:.0f} ms: at most {w / u:.1f}x)", file=sys.stderr, flush=True)
             yield {"dataset": data.name.lower(), "method": method, "r": ratio, "proxy_seconds_per_config": p,
                    "whole_seconds_per_config": w, "eval_speedup": w / p, "proxy_input_columns": columns,
-                   "proxy_feature_entries": feature_entries(trained), "whole_feature_entries": feature_entries(whole_graph),
+                   "proxy_feature_entries": trained.feature_entries(), "whole_feature_entries": whole_graph.feature_entries(),
                    "optimizer_seconds_per_config": u, "speedup_bound": w / u, "repeats": repeats, "warmup": True}
 
 
@@ -235,7 +230,7 @@ def to_markdown(result: dict) -> str:
                       ("optimizer_seconds_per_config", "Adam alone s/config", ".3f"),
                       ("speedup_bound", "speed-up bound", ".1f"), ("warmup", "warm-up", "")])]
         if any("speedup_bound" in r for r in result["speed"]):
-            parts += ["", "Adam alone: the time the protocol's 200 Adam steps take on the parameters of 16 configurations "
+            parts += ["", "Adam alone: the time the protocol's Adam steps (one per epoch) take on the parameters of 16 configurations "
                       "at the proxy's input width (W1 has one row per input column that some proxy node uses), with no "
                       "forward or backward pass. A proxy pays it whatever its number of nodes, so whole-graph time over "
                       "it bounds the speed-up any proxy of that width can reach. Feature entries: the stored entries of the "

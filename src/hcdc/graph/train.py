@@ -96,6 +96,11 @@ class NodeGraph:
         """Boolean [features]: the columns non-zero on some node."""
         return self.x.used_columns() if isinstance(self.x, SparseMatrix) else (self.x != 0).any(0)
 
+    def feature_entries(self) -> int:
+        """Stored entries of the feature matrix (its non-zeros when sparse): the first layer's product
+        ``x @ W1`` and its gradient cost this many multiply-adds per hidden unit and configuration."""
+        return int(self.x.csr.values().numel()) if isinstance(self.x, SparseMatrix) else self.x.numel()
+
     def with_columns(self, columns: Tensor) -> "NodeGraph":
         """This graph with its features kept only in ``columns`` (the model's input width unchanged)."""
         x = self.x.select_columns(columns) if isinstance(self.x, SparseMatrix) else self.x[:, columns].contiguous()
