@@ -22,6 +22,7 @@ from hcdc.image.figures import plot_ranking
 from hcdc.image.protocol import (PROTOCOLS, ImageProtocol, evaluate_image_proxy, image_ground_truth, prepare_data,
                                  proxy_score, score_architecture, train_architecture)
 from hcdc.image.space import Architecture
+from hcdc.metrics import seed_agreement
 from conftest import load_bench
 from image_toys import toy_images
 from test_data_image import _py2_pickle  # the official batches' Python 2 pickling
@@ -413,6 +414,47 @@ def test_proxy_noise_diagnostic_measures_seed_agreement_and_its_ceiling(tmp_path
         assert row["noise_ceiling"] == pytest.approx((0.8 * rel) ** 0.5)
     assert noise.main(args)["rows"][0]["spearman_per_seed"] == base["spearman_per_seed"]  # same seeds, same ranking
     assert "noise ceiling" in (tmp_path / "image_proxy_noise_toy.md").read_text()
+
+
+def test_truth_scale_diagnostic_reranks_stored_proxy_scores_against_a_larger_truth(tmp_path, monkeypatch):
+    scale = load_bench("image_truth_scale")
+    y = torch.arange(3).repeat_interleave(10)
+    small, large = P.class_subset(y, 2, 3), P.class_subset(y, 5, 3)
+    assert set(small.tolist()) < set(large.tolist())  # a larger subset contains the table's training images
+    monkeypatch.setenv("HCDC_CACHE", str(tmp_path / "cache"))
+    data = toy_images(classes=3, train=8, val=6)
+    monkeypatch.setattr(scale, "load_dataset", lambda name: data)
+    protocol = PROTOCOLS["smoke"].with_(num_archs=3, train_subset=4, val_subset=None, ipc=2)
+    archs = protocol.architectures()
+    names = [str(a) for a in archs]
+    bigger = image_ground_truth(data, archs, protocol.with_(train_subset=8, seeds=(0, 1)), progress=False)
+    truth = bigger.val_acc.numpy()
+    best, worst = int(np.argmax(truth)), int(np.argmin(truth))  # a proxy scoring exactly the larger truth, one its reverse
+    rows = [{"method": "exact", "spearman_mean": 0.1, "perf_mean": 0.3, "scores": [truth.tolist()], "picks": [names[best]]},
+            {"method": "reverse", "spearman_mean": 0.2, "perf_mean": 0.4, "scores": [(-truth).tolist(), (-truth).tolist()],
+             "picks": [names[worst], names[worst]]}]
+    table = {"dataset": "toy", "protocol": protocol.as_dict(), "architectures": names, "true_val_acc": truth.tolist(),
+             "ground_truth_seed_spearman": 0.6, "ground_truth_reliability": 0.75, "rows": rows}
+    (tmp_path / "image_table_toy.json").write_text(json.dumps(table))
+    for bad, words in (("x={bad", "--variant"), ('x={"C": 4}', "changes only"), ('x={"epoch": 2}', "changes only")):
+        with pytest.raises(ConfigError, match=words):
+            scale.main(["image_table_toy", "--variant", 'ok={"seeds": [0, 1]}', "--variant", bad, "--out-dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="cannot read the table"):
+        scale.main(["nothere", "--variant", "a={}", "--out-dir", str(tmp_path)])
+    assert not list(tmp_path.glob("image_truth_scale*"))
+    result = scale.main(["image_table_toy", "--variant", 'more={"train_subset": 8, "seeds": [0, 1]}', "--out-dir", str(tmp_path)])
+    (variant,) = result["variants"]
+    assert variant["true_val_acc"] == pytest.approx(truth.tolist())  # the cached larger truth, not retrained
+    assert variant["spearman_with_table_truth"] == pytest.approx(1.0) and variant["train_per_class"] == 8
+    per_seed = [[bigger.per_seed[j][str(s)]["val_acc"] for j in range(3)] for s in (0, 1)]
+    assert (variant["truth_seed_spearman"], variant["truth_reliability"]) == pytest.approx(seed_agreement(per_seed))
+    exact, reverse = variant["rows"]
+    oracle = float(bigger.test_acc[best])
+    assert exact["spearman_per_seed"] == pytest.approx([1.0]) and exact["perf_mean"] == pytest.approx(oracle)
+    assert reverse["spearman_mean"] == pytest.approx(-1.0) and reverse["spearman_std"] == pytest.approx(0.0)
+    assert reverse["perf_mean"] == pytest.approx(float(bigger.test_acc[worst])) and reverse["oracle_perf"] == oracle
+    assert [(r["table_spearman"], r["table_perf"]) for r in (exact, reverse)] == [(0.1, 0.3), (0.2, 0.4)]
+    assert "ρ this truth" in (tmp_path / "image_truth_scale_toy.md").read_text()
 
 
 def test_bench_scripts_report_bad_input_in_one_line_with_exit_code_2(tmp_path, capsys):
