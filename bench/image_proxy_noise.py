@@ -21,7 +21,6 @@ exactly the true one would reach, at this noise, against this ground truth (clas
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from image_val_part import (  # noqa: E402  (the same scoring and reports as the validation-part diagnostic)
-    ranking, report_header, validation_sample, write_report)
+    ranking, read_table, report_header, validation_sample, write_report)
 from image_table import parse_named_json  # noqa: E402  (NAME=JSON items, as its --options)
 
 from hcdc.data import load_dataset  # noqa: E402
@@ -123,10 +122,7 @@ def main(argv=None) -> dict:
     if args.seeds < 2:
         raise ConfigError("--seeds must be at least 2 (seed-to-seed agreement needs two rankings)")
     variants = [parse_named_json(v, "--variant") for v in args.variant]
-    try:
-        table = json.loads((args.out_dir / f"{args.table}.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read the table {args.table!r}: {exc}") from None
+    table = read_table(args.out_dir, args.table)
     for _, changes in variants:  # every variant is checked before any trains
         if "seeds" in changes or "proxy_seeds" in changes:
             raise ConfigError("a variant cannot change the seeds (--seeds sets the training seeds)")

@@ -19,7 +19,6 @@ Spearman of the proxies against both truths and the true test accuracy of their 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from image_table import parse_named_json  # noqa: E402  (NAME=JSON items, as its --options)
-from image_val_part import report_header, write_report  # noqa: E402  (the image diagnostics' report writer)
+from image_val_part import read_table, report_header, write_report  # noqa: E402  (the image diagnostics' report writer)
 
 from hcdc.data import load_dataset  # noqa: E402
 from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
@@ -59,9 +58,9 @@ def rescore(table: dict, val_acc: np.ndarray, test_acc: np.ndarray) -> list[dict
     for row in table["rows"]:
         rhos = [spearman(np.asarray(s), val_acc) for s in row["scores"]]
         perf = [float(test_acc[archs.index(pick)]) for pick in row["picks"]]
+        rho_mean, rho_std = mean_std(rhos)
         rows.append({"method": row["method"], "table_spearman": row["spearman_mean"], "table_perf": row["perf_mean"],
-                     "spearman_per_seed": rhos,
-                     "spearman_mean": mean_std(rhos)[0], "spearman_std": mean_std(rhos)[1],
+                     "spearman_per_seed": rhos, "spearman_mean": rho_mean, "spearman_std": rho_std,
                      "perf_mean": float(np.mean(perf)), "oracle_perf": oracle})
     return rows
 
@@ -119,10 +118,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     command = command_line(__file__, argv)
     variants = [parse_named_json(v, "--variant") for v in args.variant]
-    try:
-        table = json.loads((args.out_dir / f"{args.table}.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read the table {args.table!r}: {exc}") from None
+    table = read_table(args.out_dir, args.table)
     for _, changes in variants:  # every variant is checked before any trains
         truth_protocol(table, changes)
     raw = load_dataset(table["dataset"])

@@ -119,6 +119,14 @@ def diagnose(table: dict, method: str, seed: int, real_val: int, proxy_seeds: in
             "seconds": time.perf_counter() - start}
 
 
+def read_table(out_dir: Path, name: str) -> dict:
+    """The committed image table run ``<out_dir>/<name>.json``; a ConfigError when it is missing or not JSON."""
+    try:
+        return json.loads((out_dir / f"{name}.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the table {name!r}: {exc}") from None
+
+
 def report_header(title: str, result: dict) -> list[str]:
     """The first lines of a diagnostic's markdown report: title, command, machine."""
     machine = result["machine"]
@@ -159,10 +167,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     command = command_line(__file__, argv)
-    try:
-        table = json.loads((args.out_dir / f"{args.table}.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read the table {args.table!r}: {exc}") from None
+    table = read_table(args.out_dir, args.table)
     wanted = []
     for item in args.proxies:
         method, _, seed = item.partition(":")
