@@ -17,6 +17,11 @@ cached, so an interrupted run resumes where it stopped.
     python bench/image_table.py --protocol full         # the paper's protocol (GPU)
     python bench/image_table.py --smoke --methods random dm   # plumbing check, a minute or two
     python bench/image_table.py --dataset cifar100 --data-root /data --protocol cpu
+    python bench/image_table.py --protocol cpu --ipc 50 --protocol-options '{"proxy_epochs": 20}' --name NAME
+
+A run that changes only what concerns the proxies (``--ipc``, ``--archs`` within the committed
+ground truth's, ``--protocol-options`` on proxy fields such as ``proxy_epochs`` / ``proxy_seeds``)
+reuses the ground truth committed by any run in the results directory (``*_groundtruth.json``).
 
 Condensation options per protocol come from :mod:`hcdc.image.recipes` (each method's own recipe for
 ``full``, cut iteration counts for ``cpu``, tiny ones for ``smoke``); ``--options METHOD=JSON`` overrides.
@@ -105,20 +110,25 @@ def committed_truth_path(out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}_groundtruth.json"
 
 
-def seed_truth_cache(committed: Path, cache: Path) -> int:
-    """Merge the committed ground truth into the cache when it was made from the same data and protocol
-    (same cache file name: dataset, data fingerprint, protocol key, precision); returns the entries added."""
-    try:
-        saved = json.loads(committed.read_text())
-    except (OSError, json.JSONDecodeError):
-        return 0
-    if saved.get("cache_file") != cache.name:
-        return 0
-    fresh = {k: v for k, v in saved["archs"].items() if k not in read_json_entries(cache, "archs")}
-    if fresh:
-        header = {k: v for k, v in saved.items() if k not in ("archs", "cache_file", "command")}
-        merge_json_entries(cache, "archs", fresh, header)
-    return len(fresh)
+def seed_truth_cache(out_dir: Path, cache: Path) -> int:
+    """Merge into the cache every ground truth committed in ``out_dir`` (``*_groundtruth.json``, any run's)
+    that was made from the same data and protocol (same cache file name: dataset, data fingerprint,
+    ground-truth key, precision), so runs that differ only in their proxies share one ground truth;
+    returns the entries added."""
+    added = 0
+    for committed in sorted(out_dir.glob("*_groundtruth.json")):
+        try:
+            saved = json.loads(committed.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(saved, dict) or saved.get("cache_file") != cache.name:
+            continue
+        fresh = {k: v for k, v in saved["archs"].items() if k not in read_json_entries(cache, "archs")}
+        if fresh:
+            header = {k: v for k, v in saved.items() if k not in ("archs", "cache_file", "command")}
+            merge_json_entries(cache, "archs", fresh, header)
+            added += len(fresh)
+    return added
 
 
 def save_committed_truth(committed: Path, cache: Path, command: str) -> None:
@@ -275,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="condensation seeds (default: 0 1 for cpu, 0..4 for full, 0 for smoke)")
     parser.add_argument("--ipc", type=int, default=None, help="images per class (default: the protocol's)")
     parser.add_argument("--archs", type=int, default=None, help="number of architectures (default: the protocol's)")
+    parser.add_argument("--protocol-options", default=None, metavar="JSON",
+                        help='protocol field overrides, e.g. \'{"proxy_epochs": 20, "proxy_seeds": [0, 1]}\'')
     parser.add_argument("--dataset", default="cifar10", help="registered image dataset: cifar10 or cifar100")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -297,6 +309,9 @@ def resolve(args: argparse.Namespace) -> dict:
         protocol = protocol.with_(num_archs=args.archs)
     if args.ipc is not None:
         protocol = protocol.with_(ipc=args.ipc)
+    if args.protocol_options is not None:
+        _, changes = parse_named_json(f"protocol={args.protocol_options}", "--protocol-options")
+        protocol = protocol.with_(**changes)
     if get_spec(args.dataset).kind != "image":
         raise ConfigError(f"dataset '{args.dataset}' is not an image dataset")
     methods = args.methods or DEFAULT_METHODS
@@ -333,7 +348,7 @@ def main(argv=None) -> dict:
     fingerprint = data_fingerprint(view)
     archs = protocol.architectures()
     cache_file, committed = ground_truth_path(view, protocol, device=device), committed_truth_path(args.out_dir, run["name"])
-    seeded = seed_truth_cache(committed, cache_file)
+    seeded = seed_truth_cache(args.out_dir, cache_file)
     truth = image_ground_truth(view, archs, protocol, device=device)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     save_committed_truth(committed, cache_file, command)

@@ -246,6 +246,13 @@ def test_bench_runs_on_a_cifar100_stand_in(tmp_path):
     assert again["rows"][0]["per_seed"][0]["cached_proxy"] and again["rows"][0]["scores"] == row["scores"]
     assert again["ground_truth_from_committed"] == 2 and again["true_val_acc"] == saved["true_val_acc"]
     assert again["ground_truth_seed_spearman"] is None  # the smoke protocol trains one ground-truth seed
+    # a run under another name that changes only the proxies' protocol reuses that committed ground truth
+    Path(result["ground_truth_cache"]).unlink()
+    other = bench.main(["--smoke", "--dataset", "cifar100", "--data-root", str(tmp_path / "data"), "--methods", "random",
+                        "--archs", "2", "--protocol-options", '{"proxy_epochs": 2}', "--name", "other",
+                        "--out-dir", str(tmp_path / "out")])
+    assert other["ground_truth_from_committed"] == 2 and other["true_val_acc"] == saved["true_val_acc"]
+    assert other["protocol"]["proxy_epochs"] == 2 and other["rows"][0]["per_seed"][0]["cached_proxy"]
     # --render rebuilds the markdown from the JSON alone; total compute adds ground truth and every proxy's cost
     md = tmp_path / "out" / "image_table_smoke_cifar100.md"
     md.unlink()
@@ -287,6 +294,13 @@ def test_bench_argument_parsing():
     smoke = bench.resolve(bench.build_parser().parse_args(["--smoke", "--archs", "2", "--ipc", "3"]))
     assert smoke["protocol"].num_archs == 2 and smoke["protocol"].ipc == 3 and smoke["name"] == "image_table_smoke"
     assert all(m in IMAGE_CONDENSERS for m in smoke["methods"])
+    varied = bench.resolve(bench.build_parser().parse_args(
+        ["--methods", "random", "--ipc", "50", "--protocol-options", '{"proxy_epochs": 20, "proxy_seeds": [0, 1]}']))
+    assert (varied["protocol"].ipc, varied["protocol"].proxy_epochs, varied["protocol"].proxy_seeds) == (50, 20, (0, 1))
+    assert varied["protocol"].truth_key() == PROTOCOLS["cpu"].truth_key()  # the same ground truth
+    for bad in ('{"proxy_epoch": 20}', "[20]", '{"proxy_epochs": 0}', "{"):
+        with pytest.raises(ConfigError):
+            bench.resolve(bench.build_parser().parse_args(["--methods", "random", "--protocol-options", bad]))
     assert bench.parse_overrides(['dc={"iterations": 2}', 'dc={"width": 8}']) == {"dc": {"iterations": 2, "width": 8}}
     for bad in (["dc=notjson"], ["dc"], ['dc=[1]']):
         with pytest.raises(ConfigError):
