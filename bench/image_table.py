@@ -115,7 +115,7 @@ def seed_truth_cache(out_dir: Path, cache: Path) -> int:
     that was made from the same data and protocol (same cache file name: dataset, data fingerprint,
     ground-truth key, precision), so runs that differ only in their proxies share one ground truth;
     returns the entries added."""
-    added = 0
+    known, added = set(read_json_entries(cache, "archs")), 0
     for committed in sorted(out_dir.glob("*_groundtruth.json")):
         try:
             saved = json.loads(committed.read_text())
@@ -123,10 +123,11 @@ def seed_truth_cache(out_dir: Path, cache: Path) -> int:
             continue
         if not isinstance(saved, dict) or saved.get("cache_file") != cache.name:
             continue
-        fresh = {k: v for k, v in saved["archs"].items() if k not in read_json_entries(cache, "archs")}
+        fresh = {k: v for k, v in saved["archs"].items() if k not in known}
         if fresh:
             header = {k: v for k, v in saved.items() if k not in ("archs", "cache_file", "command")}
             merge_json_entries(cache, "archs", fresh, header)
+            known.update(fresh)
             added += len(fresh)
     return added
 
