@@ -20,8 +20,10 @@ cached, so an interrupted run resumes where it stopped.
     python bench/image_table.py --protocol cpu --ipc 50 --protocol-options '{"proxy_epochs": 20}' --name NAME
 
 A run that changes only what concerns the proxies (``--ipc``, ``--archs`` within the committed
-ground truth's, ``--protocol-options`` on proxy fields such as ``proxy_epochs`` / ``proxy_seeds``)
-reuses the ground truth committed by any run in the results directory (``*_groundtruth.json``).
+ground truth's, ``--protocol-options`` on proxy fields such as ``proxy_epochs`` / ``proxy_seeds`` /
+``val_part``) reuses the ground truth committed by any run in the results directory
+(``*_groundtruth.json``); when that file already holds all of it, the results point to it
+(``ground_truth_committed``) instead of committing a copy.
 
 Condensation options per protocol come from :mod:`hcdc.image.recipes` (each method's own recipe for
 ``full``, cut iteration counts for ``cpu``, tiny ones for ``smoke``); ``--options METHOD=JSON`` overrides.
@@ -130,6 +132,22 @@ def seed_truth_cache(out_dir: Path, cache: Path) -> int:
             known.update(fresh)
             added += len(fresh)
     return added
+
+
+def committed_truth_covering(out_dir: Path, cache: Path, keys: list[str], prefer: Path) -> Path | None:
+    """A ground truth already committed in ``out_dir`` (``prefer`` first, then any run's) made from the same
+    data and protocol as ``cache`` that holds the entries ``keys`` exactly as the cache does; None if none does."""
+    entries = read_json_entries(cache, "archs")
+    wanted = {k: entries.get(k) for k in keys}
+    for committed in [prefer, *sorted(set(out_dir.glob("*_groundtruth.json")) - {prefer})]:
+        try:
+            saved = json.loads(committed.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(saved, dict) and saved.get("cache_file") == cache.name and \
+                all(saved.get("archs", {}).get(k) == v for k, v in wanted.items()):
+            return committed
+    return None
 
 
 def save_committed_truth(committed: Path, cache: Path, command: str) -> None:
@@ -352,7 +370,12 @@ def main(argv=None) -> dict:
     seeded = seed_truth_cache(args.out_dir, cache_file)
     truth = image_ground_truth(view, archs, protocol, device=device)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    save_committed_truth(committed, cache_file, command)
+    # a ground truth restored whole from a committed file is pointed to, not copied; one trained now is committed
+    covering = None if truth.computed else committed_truth_covering(args.out_dir, cache_file, [a.to_str() for a in archs],
+                                                                     committed)
+    if covering is None:
+        save_committed_truth(committed, cache_file, command)
+    committed = covering or committed
     seeds = [str(seed) for seed in protocol.seeds]
     agreement = (seed_agreement([[entry[seed]["val_acc"] for entry in truth.per_seed] for seed in seeds])
                  if len(seeds) > 1 and len(archs) > 1 else (None, None))

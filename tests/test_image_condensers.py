@@ -446,3 +446,45 @@ def test_convnet_fused_norm_computes_the_same_function_and_gradients():
     assert torch.allclose(fused, primitive, atol=1e-5)
     for a, b in zip(torch.autograd.grad(fused.square().sum(), params), torch.autograd.grad(primitive.square().sum(), params)):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- the paper's validation part: a split
+
+
+@pytest.mark.parametrize("name", ["random", "dc"])
+def test_split_validation_part_is_a_random_split_of_the_methods_images(name, data):
+    """val_part='split' (HCDC, Sec. 6): the method makes ipc + n_val images per class and the proxy splits them."""
+    from hcdc.checkpoint import NO_SNAPSHOTS
+
+    condenser = make_image_condenser(name, **TINY[name], val_part="split")
+    proxy = condenser.condense(data, 3, 0)
+    n_val = val_per_class(data, 3)
+    assert proxy.class_counts("train") == [3, 3, 3] and proxy.class_counts("val") == [n_val] * 3
+    assert "val_source" not in proxy.tensors and proxy.meta["config"]["val_part"] == "split"
+    whole = condenser.synthesize(data, 3 + n_val, 0, False, NO_SNAPSHOTS)
+    x, y = proxy.tensors["x"], proxy.tensors["y"]
+    # every image of the synthesis is in the proxy exactly once, with its label, in one of the two parts
+    match = (x.flatten(1)[:, None, :] == whole.x.flatten(1)[None, :, :]).all(-1)
+    assert match.shape == (len(whole.y), len(whole.y)) and torch.equal(match.sum(0), torch.ones(len(whole.y), dtype=torch.long))
+    assert torch.equal(y, whole.y[match.float().argmax(1)])
+    # a coreset's validation images are picked training images, recorded like its training picks
+    if name == "random":
+        used = torch.cat([proxy.tensors["train_source"], proxy.tensors["val_train_source"]])
+        assert len(set(used.tolist())) == len(used)
+        assert torch.equal(x[proxy.tensors["val_mask"]], data.normalized("train")[proxy.tensors["val_train_source"]])
+    # which images validate depends on the seed, not on chance
+    again = condenser.condense(data, 3, 0)
+    assert all(torch.equal(t, again.tensors[k]) for k, t in proxy.tensors.items())
+    real = make_image_condenser(name, **TINY[name]).condense(data, 3, 0)
+    assert "val_source" in real.tensors and real.meta["config"]["val_part"] == "real"
+
+
+def test_split_validation_part_needs_enough_training_images(data):
+    # 30 training images per class: ipc 10 needs 10 + round(10·10/30) = 13, ipc 25 needs 25 + 8 = 33
+    make_image_condenser("random", val_part="split").condense(data, 10, 0)
+    with pytest.raises(DataError, match=r"class 0 has 30 training images, fewer than the 33 per class \(ipc 25 \+ validation\)"):
+        make_image_condenser("random", val_part="split").condense(data, 25, 0)
+    with pytest.raises(ConfigError, match=r"'val_part' must be one of \['real', 'split'\]"):
+        make_image_condenser("herding", val_part="synthetic")
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['val_part'\]"):
+        make_image_condenser("hcdc", val_part="split")  # HCDC learns its validation part

@@ -76,13 +76,15 @@ def test_presets_follow_the_paper_and_keys_are_stable():
     assert len({p.key() for p in PROTOCOLS.values()}) == len(PROTOCOLS)
     assert full.with_(epochs=49).key() != full.key() and full.with_(epochs=49).truth_key() != full.truth_key()
     # the ground-truth key ignores what only concerns proxies and the bench
-    assert full.with_(proxy_epochs=7, ipc=10, num_archs=5, proxy_seeds=(0,)).truth_key() == full.truth_key()
+    assert full.with_(proxy_epochs=7, ipc=10, num_archs=5, proxy_seeds=(0,), val_part="split").truth_key() == full.truth_key()
+    assert full.with_(val_part="split").key() != full.key() and full.val_part == cpu.val_part == "real"
     # pinned: a change here silently invalidates every cached ground truth
     assert full.truth_key() == "3d02b851f1a6c024"
 
 
 @pytest.mark.parametrize("change", [dict(C=0), dict(epochs=1.5), dict(seeds=()), dict(seeds=(0, 0)), dict(lr=-1.0),
-                                    dict(momentum=1.0), dict(resolution=0), dict(num_archs=101), dict(train_subset=True)])
+                                    dict(momentum=1.0), dict(resolution=0), dict(num_archs=101), dict(train_subset=True),
+                                    dict(val_part="synthetic")])
 def test_invalid_protocols_are_config_errors(change):
     with pytest.raises(ConfigError, match="image protocol"):
         replace(TINY, **change)
@@ -253,6 +255,9 @@ def test_bench_runs_on_a_cifar100_stand_in(tmp_path):
                         "--out-dir", str(tmp_path / "out")])
     assert other["ground_truth_from_committed"] == 2 and other["true_val_acc"] == saved["true_val_acc"]
     assert other["protocol"]["proxy_epochs"] == 2 and other["rows"][0]["per_seed"][0]["cached_proxy"]
+    # ... and points to it instead of committing a copy
+    assert other["ground_truth_committed"] == "image_table_smoke_cifar100_groundtruth.json"
+    assert not (tmp_path / "out" / "other_groundtruth.json").exists()
     # --render rebuilds the markdown from the JSON alone; total compute adds ground truth and every proxy's cost
     md = tmp_path / "out" / "image_table_smoke_cifar100.md"
     md.unlink()
@@ -280,6 +285,11 @@ def test_recipes_resolve_for_every_method():
         hcdc = recipes.method_options("hcdc", "cpu", cpu)
         assert (hcdc["C"], hcdc["N"], hcdc["norm_groups"]) == (cpu.C, cpu.N, cpu.norm_groups)
     assert recipes.method_options("dm", "cpu", cpu, {"iterations": 3})["iterations"] == 3
+    # the protocol's val_part reaches every baseline, not HCDC (which learns its validation part)
+    split = cpu.with_(val_part="split")
+    assert all(recipes.method_options(m, "cpu", split)["val_part"] == "split" for m in IMAGE_CONDENSERS if m != "hcdc")
+    assert "val_part" not in recipes.method_options("hcdc", "cpu", split)
+    assert recipes.method_options("tm", "cpu", cpu)["val_part"] == "real"
     with pytest.raises(ConfigError, match="unknown image condenser"):
         recipes.method_options("nope", "cpu", cpu)
     with pytest.raises(ConfigError, match="unknown option"):

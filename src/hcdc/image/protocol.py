@@ -97,7 +97,7 @@ from ..errors import ConfigError, DataError
 from ..io import merge_json_entries, read_json_entries
 from ..metrics import ranking_report
 from ..paths import cache_dir
-from .condensers.base import seeded_generator
+from .condensers.base import VAL_PARTS, seeded_generator
 from .space import Architecture, NB201Network, load_architectures
 
 INIT_STREAM, SHUFFLE_STREAM = 1000, 1001  # seeded_generator streams of a training seed
@@ -123,6 +123,8 @@ class ImageProtocol:
     of the original train / validation / test split used (None: all). ``seeds``: training seeds of the ground
     truth; ``proxy_seeds``: on a proxy (None: ``seeds``). ``num_archs``: the first that many of
     :func:`~hcdc.image.space.load_architectures`. ``ipc``: the proxies' images per class.
+    ``val_part``: the baselines' validation part (``"real"``: real validation images; ``"split"``: a random
+    split of the method's own images, the paper's; :mod:`hcdc.image.condensers.base`).
     ``amp`` / ``channels_last``: bfloat16 autocast and channels-last tensors, on CUDA only.
     """
 
@@ -144,6 +146,7 @@ class ImageProtocol:
     proxy_seeds: tuple[int, ...] | None = None
     num_archs: int = 100
     ipc: int = 50
+    val_part: str = "real"
     amp: bool = False
     channels_last: bool = False
 
@@ -176,6 +179,8 @@ class ImageProtocol:
                 raise ConfigError(f"image protocol: {name} must be a non-empty list of non-negative integers, got {seeds!r}")
             if len(set(seeds)) != len(seeds):
                 raise ConfigError(f"image protocol: {name} has repeated seeds: {list(seeds)}")
+        if self.val_part not in VAL_PARTS:
+            raise ConfigError(f"image protocol: val_part must be one of {list(VAL_PARTS)}, got {self.val_part!r}")
         if self.num_archs > 100:
             raise ConfigError(f"image protocol: num_archs is at most 100 (the committed list), got {self.num_archs}")
 

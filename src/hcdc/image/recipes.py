@@ -60,7 +60,7 @@ SMOKE_OPTIONS["hcdc"] = {"train_options": dict(SMOKE_OPTIONS["dc"]), "candidates
                          "align_every": 2, "neumann_terms": 1, "power_iterations": 1, "batch_real": 16, "batch_val": 16}
 
 OPTIONS = {"full": FULL_OPTIONS, "cpu": CPU_OPTIONS, "smoke": SMOKE_OPTIONS}
-PROTOCOL_FIELDS = ("C", "N", "norm_groups")  # condenser options taken from the protocol when the condenser has them
+PROTOCOL_FIELDS = ("C", "N", "norm_groups", "val_part")  # condenser options taken from the protocol when the condenser has them
 
 
 def method_options(method: str, protocol_name: str, protocol: ImageProtocol, overrides: dict | None = None) -> dict:

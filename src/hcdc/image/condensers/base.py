@@ -2,10 +2,19 @@
 
 An image condenser maps an :class:`~hcdc.data.image.ImageData`, a number of images per class
 (ipc) and a seed to an image :class:`~hcdc.artifacts.Proxy`: ``ipc`` training images per class,
-produced by the method, and ``n_val`` validation images per class (:func:`val_per_class`). For the
-baselines the validation part is, as in HCDC (Ding et al., ICLR 2024, Sec. 6), a random sample
-keeping the original train:val proportion: real validation images drawn per class
-(:func:`validation_split`); HCDC replaces it with a learned set. Proxy images are normalised
+produced by the method, and ``n_val`` validation images per class (:func:`val_per_class`, the
+original train:val proportion). A baseline's validation part is chosen by its option ``val_part``:
+
+* ``"split"``: HCDC's protocol for baselines (Ding et al., ICLR 2024, Sec. 6: "we randomly split the
+  condensed dataset to obtain the condensed validation data while keeping the train-validation split
+  ratio"): the method makes ``ipc + n_val`` images per class, split at random per class into the
+  training and the validation part (:func:`split_synthesis`), so a condensation method's validation
+  images are condensed ones and a coreset's are picked training images;
+* ``"real"`` (the default): the method makes ``ipc`` images per class and the validation part is
+  real validation images drawn per class (:func:`validation_split`), a stronger validation part than
+  the paper gives the baselines, and the one HCDC's learned set starts from.
+
+HCDC replaces the validation part with a learned set. Proxy images are normalised
 with the training split's per-channel mean and standard deviation (``ImageData.normalized``).
 
 Randomness comes from ``torch.Generator`` objects derived from the seed, one stream per purpose
@@ -48,6 +57,9 @@ IMAGE_CONDENSERS = Registry("image condenser")
 register_image_condenser = IMAGE_CONDENSERS.register
 
 SYNTHESIS_STREAM, VALIDATION_STREAM = 0, 1
+VAL_PARTS = ("real", "split")
+BASELINE_DEFAULTS: dict = {"val_part": "real"}  # every baseline's options include these (see the module docstring)
+BASELINE_CHOICES: dict[str, tuple] = {"val_part": VAL_PARTS}
 
 
 def make_image_condenser(name: str, **options) -> ImageCondenser:
@@ -72,15 +84,18 @@ def check_seed(seed: int) -> None:
         raise ConfigError(f"condensation seed must be a non-negative integer, got {seed!r}")
 
 
-def check_images_per_class(data: ImageData, ipc: int) -> None:
-    """ConfigError unless ``ipc`` is a positive integer; DataError when a class has fewer training images."""
+def check_images_per_class(data: ImageData, ipc: int, needed: int | None = None, what: str = "") -> None:
+    """ConfigError unless ``ipc`` is a positive integer; DataError when a class has fewer than ``needed``
+    (default ``ipc``; ``what`` says what for) training images."""
     if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
         raise ConfigError(f"images per class must be a positive integer, got {ipc!r}")
+    needed = ipc if needed is None else needed
     counts = torch.bincount(data.y_train, minlength=data.num_classes)
-    short = (counts < ipc).nonzero().flatten()
+    short = (counts < needed).nonzero().flatten()
     if short.numel():
         c = int(short[0])
-        raise DataError(f"dataset '{data.name}': class {c} has {int(counts[c])} training images, fewer than ipc={ipc}")
+        raise DataError(f"dataset '{data.name}': class {c} has {int(counts[c])} training images, "
+                        f"fewer than {what or f'ipc={ipc}'}")
 
 
 def val_per_class(data: ImageData, ipc: int) -> int:
@@ -104,6 +119,26 @@ def validation_split(data: ImageData, ipc: int, seed: int, per_class: int | None
             raise DataError(f"dataset '{data.name}': class {c} has {members.numel()} validation images, the proxy needs {n}")
         picks.append(members[torch.randperm(members.numel(), generator=g)[:n]])
     return torch.cat(picks)
+
+
+def split_synthesis(result: Synthesis, ipc: int, seed: int, num_classes: int) -> tuple[Synthesis, Tensor, Tensor, dict[str, Tensor]]:
+    """``result``'s images split at random per class: ``ipc`` per class for training, the rest for validation.
+
+    Returns the training part as a Synthesis (classes in order; extra tensors with one row per
+    image keep their training rows), the validation images and labels, and those extra tensors'
+    validation rows as ``val_<name>``. The split is drawn from the seed's validation stream.
+    """
+    g = seeded_generator(seed, VALIDATION_STREAM)
+    train, val = [], []
+    for members in class_indices(result.y, num_classes):
+        order = members[torch.randperm(members.numel(), generator=g)]
+        train.append(order[:ipc])
+        val.append(order[ipc:])
+    train, val = torch.cat(train), torch.cat(val)
+    rows = {k: v for k, v in result.tensors.items() if v.ndim and v.shape[0] == len(result.y)}
+    part = Synthesis(result.x[train], result.y[train], result.timings,
+                     {**result.tensors, **{k: v[train] for k, v in rows.items()}}, result.meta)
+    return part, result.x[val], result.y[val], {f"val_{k}": v[val] for k, v in rows.items()}
 
 
 def _check_option(condenser: str, key: str, value, default, choices: tuple | None, minimum: int):
@@ -157,16 +192,25 @@ class ImageCondenser:
                  checkpoints: str | Path | None = None) -> Proxy:
         """A proxy of ``data`` with ``ipc`` training images per class, built with condensation seed ``seed``.
 
-        Checks the arguments, draws the validation part (:func:`validation_split`), runs
-        :meth:`synthesize` and assembles the proxy (:meth:`_proxy`). With ``checkpoints`` (a
-        folder), the method's loops keep snapshots there (:mod:`hcdc.checkpoint`), so the same call
-        after an interruption resumes and gives the same proxy; they are removed once it is built.
+        Checks the arguments, runs :meth:`synthesize` and assembles the proxy (:meth:`_proxy`) with
+        the validation part of option ``val_part`` (module docstring): real validation images
+        (:func:`validation_split`) or a random split of the method's images
+        (:func:`split_synthesis`). With ``checkpoints`` (a folder), the method's loops keep
+        snapshots there (:mod:`hcdc.checkpoint`), so the same call after an interruption resumes
+        and gives the same proxy; they are removed once it is built.
         """
         check_seed(seed)
         check_images_per_class(data, ipc)
+        split = self.options.get("val_part", "real") == "split"
+        total = ipc + val_per_class(data, ipc) if split else ipc
+        check_images_per_class(data, ipc, total, f"the {total} per class (ipc {ipc} + validation) that val_part 'split' needs")
         store = self.checkpoints(checkpoints, data, ipc, seed)
+        if split:
+            parts = split_synthesis(self.synthesize(data, total, seed, progress, store), ipc, seed, data.num_classes)
+            return store.finish(self._proxy(data, ipc, seed, *parts))
         val = validation_split(data, ipc, seed)
-        return store.finish(self._proxy(data, ipc, seed, self.synthesize(data, ipc, seed, progress, store), val))
+        result = self.synthesize(data, ipc, seed, progress, store)
+        return store.finish(self._proxy(data, ipc, seed, result, data.normalized("val")[val], data.y_val[val], {"val_source": val}))
 
     def checkpoints(self, root: str | Path | None, data: ImageData, ipc: int, seed: int) -> Checkpoints:
         """The snapshot store of this method's work on ``data`` at ``ipc`` and ``seed`` under ``root`` (None: keeps nothing)."""
@@ -178,22 +222,23 @@ class ImageCondenser:
         its long loops resume from ``checkpoints``."""
         raise NotImplementedError
 
-    def _proxy(self, data: ImageData, ipc: int, seed: int, result: Synthesis, val: Tensor) -> Proxy:
-        """The proxy of ``result``'s training images and the validation images at positions ``val``, validated.
+    def _proxy(self, data: ImageData, ipc: int, seed: int, result: Synthesis, x_val: Tensor, y_val: Tensor,
+               val_tensors: dict[str, Tensor]) -> Proxy:
+        """The proxy of ``result``'s training images and the (normalised) validation images ``x_val``, validated.
 
-        Adds the tensor ``val_source`` (``val``: positions in ``data``'s validation split) and the
-        standard metadata to ``result``'s own tensors and metadata.
+        Adds ``val_tensors`` (e.g. ``val_source``: the validation images' positions in ``data``'s
+        validation split) and the standard metadata to ``result``'s own tensors and metadata.
         """
-        n_train, n_val = len(result.y), len(val)
+        n_train, n_val = len(result.y), len(y_val)
         std = torch.where(data.std > 0, data.std, 1.0)  # as ImageData.normalized: a constant channel is not scaled
         proxy = Proxy(
             kind="image",
             tensors={
-                "x": torch.cat([result.x.detach().float(), data.normalized("val")[val]]).contiguous(),
-                "y": torch.cat([result.y.long(), data.y_val[val]]),
+                "x": torch.cat([result.x.detach().float(), x_val.detach().float()]).contiguous(),
+                "y": torch.cat([result.y.long(), y_val.long()]),
                 "train_mask": torch.arange(n_train + n_val) < n_train,
                 "val_mask": torch.arange(n_train + n_val) >= n_train,
-                "val_source": val,
+                **val_tensors,
                 **result.tensors,
             },
             meta={

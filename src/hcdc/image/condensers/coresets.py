@@ -21,6 +21,8 @@ from torch import Tensor
 from ...checkpoint import Checkpoints
 from ...data.image import ImageData
 from .base import (
+    BASELINE_CHOICES,
+    BASELINE_DEFAULTS,
     SYNTHESIS_STREAM,
     ImageCondenser,
     Synthesis,
@@ -39,6 +41,9 @@ def _picked(data: ImageData, x: Tensor, source: Tensor, timings: dict[str, float
 @register_image_condenser("random")
 class RandomCoreset(ImageCondenser):
     """Random: ``ipc`` training images per class drawn uniformly without replacement."""
+
+    defaults: ClassVar[dict] = BASELINE_DEFAULTS
+    choices: ClassVar[dict[str, tuple]] = BASELINE_CHOICES
 
     def synthesize(self, data: ImageData, ipc: int, seed: int, progress: bool, checkpoints: Checkpoints) -> Synthesis:
         start = time.perf_counter()
@@ -90,7 +95,8 @@ class EmbeddingCoreset(ImageCondenser):
     Subclasses choose the images of one class from its embeddings in :meth:`select`.
     """
 
-    defaults: ClassVar[dict] = {"epochs": 5, "width": 64, "depth": 3, "batch_size": 256, "lr": 0.01}
+    defaults: ClassVar[dict] = {**BASELINE_DEFAULTS, "epochs": 5, "width": 64, "depth": 3, "batch_size": 256, "lr": 0.01}
+    choices: ClassVar[dict[str, tuple]] = BASELINE_CHOICES
 
     def select(self, features: Tensor, k: int, generator: torch.Generator) -> Tensor:
         """Positions of ``k`` rows of one class's ``features`` [n, d]."""

@@ -23,6 +23,8 @@ from ...data.image import ImageData
 from ...models.convnet import ConvNet
 from ..augment import DEFAULT_STRATEGY, parse_strategy, sample_augmentation
 from .base import (
+    BASELINE_CHOICES,
+    BASELINE_DEFAULTS,
     SYNTHESIS_STREAM,
     ImageCondenser,
     Synthesis,
@@ -52,6 +54,7 @@ class DMCondenser(ImageCondenser):
     """
 
     defaults: ClassVar[dict] = {
+        **BASELINE_DEFAULTS,
         "iterations": 20000,
         "batch_real": 256,
         "width": 128,
@@ -60,7 +63,7 @@ class DMCondenser(ImageCondenser):
         "init": "real",
         "strategy": DEFAULT_STRATEGY,
     }
-    choices: ClassVar[dict[str, tuple]] = {"init": ("real", "noise")}
+    choices: ClassVar[dict[str, tuple]] = {**BASELINE_CHOICES, "init": ("real", "noise")}
     minimum: ClassVar[dict[str, int]] = {"iterations": 0}
 
     def check_options(self) -> None:

@@ -181,11 +181,7 @@ class HCDCCondenser(ImageCondenser):
             "trajectories": cal.trajectories,
         }
         result = Synthesis(train.x, train.y, timings, tensors=dict(train.tensors), meta=meta)
-        proxy = self._proxy(data, ipc, seed, result, val)
-        n_train = len(train.y)
-        proxy.tensors["x"][n_train:] = cal.x_val
-        proxy.validate()
-        return store.finish(proxy)
+        return store.finish(self._proxy(data, ipc, seed, result, cal.x_val, y_val, {"val_source": val}))
 
 
 def _not_a_string(value) -> str:

@@ -54,6 +54,8 @@ from ...data.image import ImageData
 from ...errors import ConfigError
 from ...models.convnet import ConvNet
 from .base import (
+    BASELINE_CHOICES,
+    BASELINE_DEFAULTS,
     SYNTHESIS_STREAM,
     ImageCondenser,
     Synthesis,
@@ -158,6 +160,7 @@ class KIPCondenser(ImageCondenser):
     """
 
     defaults: ClassVar[dict] = {
+        **BASELINE_DEFAULTS,
         "iterations": 1000,
         "batch_target": 256,
         "lr": 0.01,
@@ -169,7 +172,7 @@ class KIPCondenser(ImageCondenser):
         "learn_labels": False,
         "init": "real",
     }
-    choices: ClassVar[dict[str, tuple]] = {"kernel": KERNELS, "init": ("real", "noise"), "learn_labels": (False, True)}
+    choices: ClassVar[dict[str, tuple]] = {**BASELINE_CHOICES, "kernel": KERNELS, "init": ("real", "noise"), "learn_labels": (False, True)}
     minimum: ClassVar[dict[str, int]] = {"iterations": 0}
 
     def check_options(self) -> None:

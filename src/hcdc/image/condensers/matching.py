@@ -31,6 +31,8 @@ from ...data.image import ImageData
 from ...models.convnet import ConvNet
 from ..augment import DEFAULT_STRATEGY, parse_strategy, sample_augmentation
 from .base import (
+    BASELINE_CHOICES,
+    BASELINE_DEFAULTS,
     SYNTHESIS_STREAM,
     ImageCondenser,
     Synthesis,
@@ -75,6 +77,7 @@ class DCCondenser(ImageCondenser):
     """
 
     defaults: ClassVar[dict] = {
+        **BASELINE_DEFAULTS,
         "iterations": 1000,
         "outer_loop": None,
         "inner_loop": None,
@@ -86,7 +89,7 @@ class DCCondenser(ImageCondenser):
         "lr_net": 0.01,
         "init": "real",
     }
-    choices: ClassVar[dict[str, tuple]] = {"init": ("real", "noise")}
+    choices: ClassVar[dict[str, tuple]] = {**BASELINE_CHOICES, "init": ("real", "noise")}
     minimum: ClassVar[dict[str, int]] = {"iterations": 0, "inner_loop": 0}
     strategy: str | None = None  # no augmentation
 

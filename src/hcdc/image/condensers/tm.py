@@ -62,6 +62,8 @@ from ...models.convnet import ConvNet
 from ...paths import cache_dir
 from ..augment import DEFAULT_STRATEGY, parse_strategy, sample_augmentation
 from .base import (
+    BASELINE_CHOICES,
+    BASELINE_DEFAULTS,
     SYNTHESIS_STREAM,
     ImageCondenser,
     Synthesis,
@@ -243,6 +245,7 @@ class TMCondenser(ImageCondenser):
     """
 
     defaults: ClassVar[dict] = {
+        **BASELINE_DEFAULTS,
         "iterations": 5000,
         "experts": 100,
         "expert_epochs": 50,
@@ -261,7 +264,7 @@ class TMCondenser(ImageCondenser):
         "strategy": DEFAULT_STRATEGY,
         "expert_seed": 0,
     }
-    choices: ClassVar[dict[str, tuple]] = {"init": ("real", "noise")}
+    choices: ClassVar[dict[str, tuple]] = {**BASELINE_CHOICES, "init": ("real", "noise")}
     minimum: ClassVar[dict[str, int]] = {"iterations": 0, "expert_seed": 0}
 
     def check_options(self) -> None:
