@@ -77,9 +77,11 @@ def test_presets_follow_the_paper_and_keys_are_stable():
     assert full.with_(epochs=49).key() != full.key() and full.with_(epochs=49).truth_key() != full.truth_key()
     # the ground-truth key ignores what only concerns proxies and the bench
     assert full.with_(proxy_epochs=7, ipc=10, num_archs=5, proxy_seeds=(0,), val_part="split").truth_key() == full.truth_key()
-    assert full.with_(val_part="split").key() != full.key() and full.val_part == cpu.val_part == "real"
+    # val_part changes how baseline proxies are made (their own keys), not how a proxy is evaluated
+    assert full.with_(val_part="split").key() == full.key() and full.val_part == cpu.val_part == "real"
     # pinned: a change here silently invalidates every cached ground truth
     assert full.truth_key() == "3d02b851f1a6c024"
+    assert cpu.key() == "5d64da12a3635401"  # pinned: the cache key of every stored proxy evaluation
 
 
 @pytest.mark.parametrize("change", [dict(C=0), dict(epochs=1.5), dict(seeds=()), dict(seeds=(0, 0)), dict(lr=-1.0),

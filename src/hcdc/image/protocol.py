@@ -199,8 +199,11 @@ class ImageProtocol:
         return d
 
     def key(self) -> str:
-        """A short stable hash of the whole protocol."""
-        return _hash(self.as_dict())
+        """A short stable hash of the protocol (the proxy-evaluation cache key): every field but ``val_part``,
+        which decides only how baselines make their proxies (each proxy is keyed by its own options)."""
+        d = self.as_dict()
+        del d["val_part"]
+        return _hash(d)
 
     def truth_key(self) -> str:
         """A short stable hash of the fields that determine the ground truth (the ground-truth cache key)."""
