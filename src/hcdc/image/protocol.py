@@ -43,6 +43,9 @@ accuracy of the architecture it picks (Perf).
   and 0.23. The ground truth's own noise is in the table (seed-to-seed Spearman and the
   reliability of the seed mean, :func:`hcdc.metrics.seed_agreement`).
 
+  ``val_part="split"`` gives the baselines the paper's validation part (a random split of their own
+  30 images per class; :mod:`hcdc.image.condensers.base`): ``bench/results/image_table_cpu_split.md``.
+
   Budget, as measured by the committed run (``OMP_NUM_THREADS=2 python bench/image_table.py
   --protocol cpu``, ``bench/results/image_table_cpu.md``): ground truth 811 s (25 architectures ×
   3 seeds × 480 steps), evaluation ≈ 150 s per proxy (25 × 3 seeds × 100 steps) × 9 methods × 2
