@@ -201,11 +201,10 @@ class ImageCondenser:
         """
         check_seed(seed)
         check_images_per_class(data, ipc)
-        split = self.options.get("val_part", "real") == "split"
-        total = ipc + val_per_class(data, ipc) if split else ipc
-        check_images_per_class(data, ipc, total, f"the {total} per class (ipc {ipc} + validation) that val_part 'split' needs")
         store = self.checkpoints(checkpoints, data, ipc, seed)
-        if split:
+        if self.options.get("val_part", "real") == "split":
+            total = ipc + val_per_class(data, ipc)
+            check_images_per_class(data, ipc, total, f"the {total} per class (ipc {ipc} + validation) that val_part 'split' needs")
             parts = split_synthesis(self.synthesize(data, total, seed, progress, store), ipc, seed, data.num_classes)
             return store.finish(self._proxy(data, ipc, seed, *parts))
         val = validation_split(data, ipc, seed)
