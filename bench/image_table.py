@@ -112,19 +112,28 @@ def committed_truth_path(out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}_groundtruth.json"
 
 
-def seed_truth_cache(out_dir: Path, cache: Path) -> int:
-    """Merge into the cache every ground truth committed in ``out_dir`` (``*_groundtruth.json``, any run's)
-    that was made from the same data and protocol (same cache file name: dataset, data fingerprint,
-    ground-truth key, precision), so runs that differ only in their proxies share one ground truth;
-    returns the entries added."""
-    known, added = set(read_json_entries(cache, "archs")), 0
-    for committed in sorted(out_dir.glob("*_groundtruth.json")):
+def committed_truths(out_dir: Path, cache: Path, prefer: Path | None = None):
+    """(path, contents) of every ground truth committed in ``out_dir`` (``*_groundtruth.json``, ``prefer`` first)
+    made from the same data and protocol as ``cache`` (same cache file name: dataset, data fingerprint,
+    ground-truth key, precision); unreadable files are skipped."""
+    paths = sorted(out_dir.glob("*_groundtruth.json"))
+    if prefer is not None and prefer in paths:
+        paths.remove(prefer)
+        paths.insert(0, prefer)
+    for committed in paths:
         try:
             saved = json.loads(committed.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if not isinstance(saved, dict) or saved.get("cache_file") != cache.name:
-            continue
+        if isinstance(saved, dict) and saved.get("cache_file") == cache.name and isinstance(saved.get("archs"), dict):
+            yield committed, saved
+
+
+def seed_truth_cache(out_dir: Path, cache: Path) -> int:
+    """Merge into the cache every ground truth committed in ``out_dir`` (any run's, :func:`committed_truths`),
+    so runs that differ only in their proxies share one ground truth; returns the entries added."""
+    known, added = set(read_json_entries(cache, "archs")), 0
+    for _, saved in committed_truths(out_dir, cache):
         fresh = {k: v for k, v in saved["archs"].items() if k not in known}
         if fresh:
             header = {k: v for k, v in saved.items() if k not in ("archs", "cache_file", "command")}
@@ -135,17 +144,11 @@ def seed_truth_cache(out_dir: Path, cache: Path) -> int:
 
 
 def committed_truth_covering(out_dir: Path, cache: Path, keys: list[str], prefer: Path) -> Path | None:
-    """A ground truth already committed in ``out_dir`` (``prefer`` first, then any run's) made from the same
-    data and protocol as ``cache`` that holds the entries ``keys`` exactly as the cache does; None if none does."""
+    """A ground truth committed in ``out_dir`` (``prefer`` first) that holds the entries ``keys`` exactly as
+    ``cache`` does; None if none does."""
     entries = read_json_entries(cache, "archs")
-    wanted = {k: entries.get(k) for k in keys}
-    for committed in [prefer, *sorted(set(out_dir.glob("*_groundtruth.json")) - {prefer})]:
-        try:
-            saved = json.loads(committed.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(saved, dict) and saved.get("cache_file") == cache.name and \
-                all(saved.get("archs", {}).get(k) == v for k, v in wanted.items()):
+    for committed, saved in committed_truths(out_dir, cache, prefer):
+        if all(saved["archs"].get(k) == entries.get(k) for k in keys):
             return committed
     return None
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from hcdc.artifacts import load_proxy, save_proxy
+from hcdc.checkpoint import NO_SNAPSHOTS
 from hcdc.data.image import ImageData
 from hcdc.errors import ConfigError, DataError
 from hcdc.image.augment import (
@@ -454,8 +455,6 @@ def test_convnet_fused_norm_computes_the_same_function_and_gradients():
 @pytest.mark.parametrize("name", ["random", "dc"])
 def test_split_validation_part_is_a_random_split_of_the_methods_images(name, data):
     """val_part='split' (HCDC, Sec. 6): the method makes ipc + n_val images per class and the proxy splits them."""
-    from hcdc.checkpoint import NO_SNAPSHOTS
-
     condenser = make_image_condenser(name, **TINY[name], val_part="split")
     proxy = condenser.condense(data, 3, 0)
     n_val = val_per_class(data, 3)

@@ -111,6 +111,9 @@ CACHE_FORMAT = 1
 # fields that change the ground truth (the cache key); the others only concern proxies or the bench
 _TRUTH_FIELDS = ("C", "N", "norm_groups", "epochs", "batch_size", "lr", "momentum", "weight_decay", "grad_clip", "resolution",
                  "train_subset", "val_subset", "test_subset", "seeds")
+# fields that decide only how baselines make their proxies (each proxy is keyed by its own options), not how
+# a proxy is evaluated: left out of the evaluation cache key
+_PROXY_MAKING_FIELDS = ("val_part",)
 
 
 @dataclass(frozen=True)
@@ -202,11 +205,9 @@ class ImageProtocol:
         return d
 
     def key(self) -> str:
-        """A short stable hash of the protocol (the proxy-evaluation cache key): every field but ``val_part``,
-        which decides only how baselines make their proxies (each proxy is keyed by its own options)."""
-        d = self.as_dict()
-        del d["val_part"]
-        return _hash(d)
+        """A short stable hash of the protocol (the proxy-evaluation cache key): every field but those that
+        decide only how baselines make their proxies (``val_part``)."""
+        return _hash({k: v for k, v in self.as_dict().items() if k not in _PROXY_MAKING_FIELDS})
 
     def truth_key(self) -> str:
         """A short stable hash of the fields that determine the ground truth (the ground-truth cache key)."""
