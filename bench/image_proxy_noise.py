@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from image_val_part import (  # noqa: E402  (the same scoring and reports as the validation-part diagnostic)
-    ranking, read_table, report_header, validation_sample, write_report)
+    ranking, read_table, report_header, train_grid, validation_sample, write_report)
 from image_table import parse_named_json  # noqa: E402  (NAME=JSON items, as its --options)
 
 from hcdc.data import load_dataset  # noqa: E402
@@ -43,7 +42,6 @@ from hcdc.image.protocol import (  # noqa: E402
     class_subset,
     prepare_data,
     score_architecture,
-    train_architecture,
 )
 from hcdc.image.space import Architecture  # noqa: E402
 from hcdc.metrics import spearman_brown  # noqa: E402
@@ -68,10 +66,8 @@ def run_variant(table: dict, raw, name: str, changes: dict, seeds: int, real_val
     archs = [Architecture.parse(a) for a in table["architectures"]]
     acc = np.zeros((seeds, len(archs)))
     start = time.perf_counter()
-    for j, arch in enumerate(tqdm(archs, desc=name, unit="arch")):
-        for s in range(seeds):
-            params = train_architecture(arch, x, y, protocol, s, num_classes=data.num_classes, epochs=protocol.epochs_on_proxy)
-            acc[s, j] = score_architecture(arch, params, x_val, y_val, protocol)["acc"]
+    for (j, s), params in train_grid(archs, x, y, protocol, range(seeds), data.num_classes, name).items():
+        acc[s, j] = score_architecture(archs[j], params, x_val, y_val, protocol)["acc"]
     result = ranking(acc, np.asarray(table["true_val_acc"]))
     k = len(protocol.seeds_on_proxy)  # a variant may not change the proxy seeds: the table's count
     reliability = spearman_brown(result["seed_to_seed"], k)

@@ -43,7 +43,7 @@ from hcdc.image.protocol import (
     prepare_data,
     proxy_parts,
     score_architecture,
-    train_architecture,
+    train_networks,
 )
 from hcdc.image.space import Architecture
 from hcdc.io import write_result
@@ -61,11 +61,17 @@ def ranking(scores: np.ndarray, true: np.ndarray) -> dict:
             "seed_to_seed": agreement[0], "mean_acc": float(scores.mean())}
 
 
-def train_networks(archs, x: torch.Tensor, y: torch.Tensor, protocol: ImageProtocol, seeds, num_classes: int,
-                   label: str) -> dict:
-    """Parameters of every architecture trained on (x, y) under each of ``seeds``: {(arch index, seed): params}."""
-    return {(j, s): train_architecture(arch, x, y, protocol, s, num_classes=num_classes, epochs=protocol.epochs_on_proxy)
-            for j, arch in enumerate(tqdm(archs, desc=label, unit="arch")) for s in seeds}
+def train_grid(archs, x: torch.Tensor, y: torch.Tensor, protocol: ImageProtocol, seeds, num_classes: int,
+               label: str) -> dict:
+    """Parameters of every architecture trained ``protocol.epochs_on_proxy`` epochs on (x, y) under each of ``seeds``
+    (the seeds of one architecture as one stack when ``protocol.stack`` allows): {(arch index, seed): params}."""
+    seeds = list(seeds)
+    grid = {}
+    for j, arch in enumerate(tqdm(archs, desc=label, unit="arch")):
+        trained = train_networks([(arch, s) for s in seeds], x, y, protocol, num_classes=num_classes,
+                                 epochs=protocol.epochs_on_proxy)
+        grid.update({(j, s): params for s, params in zip(seeds, trained)})
+    return grid
 
 
 @functools.lru_cache(maxsize=2)
@@ -107,7 +113,7 @@ def diagnose(table: dict, method: str, seed: int, real_val: int, proxy_seeds: in
     networks = {} if networks is None else networks
     key = (hashlib.sha256(x_tr.numpy().tobytes() + y_tr.numpy().tobytes()).hexdigest(), seeds)
     if key not in networks:
-        networks[key] = train_networks(archs, x_tr, y_tr, protocol, seeds, proxy.num_classes, f"{method}:{seed}")
+        networks[key] = train_grid(archs, x_tr, y_tr, protocol, seeds, proxy.num_classes, f"{method}:{seed}")
     for j, arch in enumerate(archs):
         for i, s in enumerate(seeds):
             params = networks[key][j, s]

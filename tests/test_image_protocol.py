@@ -79,6 +79,8 @@ def test_presets_follow_the_paper_and_keys_are_stable():
     assert full.with_(proxy_epochs=7, ipc=10, num_archs=5, proxy_seeds=(0,), val_part="split").truth_key() == full.truth_key()
     # val_part changes how baseline proxies are made (their own keys), not how a proxy is evaluated
     assert full.with_(val_part="split").key() == full.key() and full.val_part == cpu.val_part == "real"
+    # how many networks train at once changes results only by rounding: neither key
+    assert full.with_(stack=1).key() == full.key() and full.with_(stack=1).truth_key() == full.truth_key()
     # pinned: a change here silently invalidates every cached ground truth
     assert full.truth_key() == "3d02b851f1a6c024"
     assert cpu.key() == "5d64da12a3635401"  # pinned: the cache key of every stored proxy evaluation
@@ -86,7 +88,7 @@ def test_presets_follow_the_paper_and_keys_are_stable():
 
 @pytest.mark.parametrize("change", [dict(C=0), dict(epochs=1.5), dict(seeds=()), dict(seeds=(0, 0)), dict(lr=-1.0),
                                     dict(momentum=1.0), dict(resolution=0), dict(num_archs=101), dict(train_subset=True),
-                                    dict(val_part="synthetic")])
+                                    dict(val_part="synthetic"), dict(stack=0)])
 def test_invalid_protocols_are_config_errors(change):
     with pytest.raises(ConfigError, match="image protocol"):
         replace(TINY, **change)
@@ -126,6 +128,44 @@ def test_train_architecture_is_deterministic_and_learns():
     # unused operations keep their initial values
     init = train_architecture(CONV, x, y, TINY, seed=3, epochs=0)
     assert torch.equal(a["cells.0.edges.0.ops.nor_conv_1x1.1.weight"], init["cells.0.edges.0.ops.nor_conv_1x1.1.weight"])
+
+
+def test_stacked_training_is_one_by_one_training_up_to_rounding():
+    """Several (architecture, seed) networks trained as one vmapped model: each is its own one-by-one training."""
+    data = toy_data()
+    x, y = data.normalized("train"), data.y_train
+    jobs = [(CONV, 0), (CONV2, 0), (CONV, 1), (NONE, 2)]  # NONE: no gradient reaches its stem and first cell
+    stacked = P.train_stacked(jobs, x, y, TINY)
+    for (arch, seed), params in zip(jobs, stacked):
+        alone = train_architecture(arch, x, y, TINY, seed)
+        init = train_architecture(arch, x, y, TINY, seed, epochs=0)
+        assert params.keys() == alone.keys()
+        assert sum(not torch.equal(alone[k], init[k]) for k in alone) > (2 if arch == NONE else 10)  # it trained
+        for k in alone:
+            torch.testing.assert_close(params[k], alone[k], atol=1e-5, rtol=1e-4)
+            if torch.equal(alone[k], init[k]):  # left untouched one by one (unused op, no gradient): untouched here
+                assert torch.equal(params[k], init[k]), k
+    # the protocol's stack decides how many train at once; what they learn does not change
+    grouped = P.train_networks(jobs, x, y, TINY.with_(stack=3))
+    for a, b in zip(grouped, stacked):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_stacked_ground_truth_and_proxy_scores_match_one_by_one(tmp_path):
+    data = toy_data()
+    archs = [CONV, NONE, CONV2]
+    stacked = TINY.with_(seeds=(0, 1), stack=4)  # two architectures x two seeds per stack, then one
+    one = image_ground_truth(data, archs, stacked.with_(stack=1), cache=tmp_path / "one", progress=False)
+    many = image_ground_truth(data, archs, stacked, cache=tmp_path / "many", progress=False)
+    assert many.computed == 3 and [sorted(s) for s in many.per_seed] == [["0", "1"]] * 3
+    for m in ("val_acc", "val_loss", "test_acc"):
+        torch.testing.assert_close(getattr(many, m), getattr(one, m), atol=1e-4, rtol=1e-4)
+    proxy = make_image_condenser("random").condense(data, TINY.ipc, seed=0)
+    a = evaluate_image_proxy(proxy, data, archs, stacked.with_(stack=1), one)
+    b = evaluate_image_proxy(proxy, data, archs, stacked, one)
+    torch.testing.assert_close(b.proxy_loss, a.proxy_loss, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b.proxy_acc, a.proxy_acc)
 
 
 def test_ground_truth_is_cached_merged_and_locked(tmp_path, monkeypatch):
@@ -268,6 +308,21 @@ def test_bench_runs_on_a_cifar100_stand_in(tmp_path):
     assert f"total compute {expected:.0f} s" in md.read_text()
     with pytest.raises(ConfigError, match="cannot read results file"):
         bench.main(["--render", "nope", "--out-dir", str(tmp_path / "out")])
+
+
+def test_stack_bench_times_stacks_against_one_by_one_training(tmp_path):
+    bench = load_bench("image_stack")
+    _write_cifar100(tmp_path / "data", per_class=120, test_per_class=1)
+    args = ["--protocol", "smoke", "--dataset", "cifar100", "--data-root", str(tmp_path / "data"), "--archs", "2"]
+    result = bench.main([*args, "--stacks", "2", "3", "--out-dir", str(tmp_path / "out")])
+    assert [r["stack"] for r in result["rows"]] == [1, 2, 3] and result["train_images"] == 200  # ipc 2 x 100 classes
+    assert all(r["networks"] == 2 and r["seconds"] > 0 for r in result["rows"]) and result["rows"][0]["speedup"] == 1
+    assert all(r["max_difference"] < 1e-4 for r in result["rows"])  # the same training, rounded in another order
+    assert "| stack |" in (tmp_path / "out" / "image_stack_smoke.md").read_text()
+    for bad, message in ((["--stacks", "1"], "at least 2"), (["--stacks", "2", "--archs", "0"], "--archs")):
+        with pytest.raises(ConfigError, match=message):
+            bench.main([*args, *bad, "--out-dir", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
 
 
 # --- condensation recipes ----------------------------------------------------------------------------

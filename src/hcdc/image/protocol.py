@@ -15,7 +15,10 @@ accuracy of the architecture it picks (Perf).
 
 * ``"full"``: the paper's protocol above (100 architectures, 32×32, the whole 40k/10k split,
   ipc 50). Hours on a GPU: 100 archs × 5 seeds × 50 epochs × 625 steps ≈ 1.6 M steps for the
-  ground truth alone. On CUDA it trains in bfloat16 autocast with channels-last tensors.
+  ground truth alone. It trains 10 networks at once (``stack``: two architectures × 5 seeds as one
+  vmapped model, :func:`train_stacked`), on CUDA in bfloat16 autocast (channels-last tensors where a
+  network trains or is scored alone). How much stacking saves on a GPU is not measured yet (no
+  session here had one): ``python bench/image_stack.py --protocol full`` measures it side by side.
 * ``"cpu"``: a scaled version meant to run the whole image table (ground truth, the 8 baselines,
   HCDC, proxy evaluation) in under 2 hours on 2 CPU cores. Images are average-pooled from 32×32
   to 16×16 before anything else (:func:`prepare_data`); networks have C = 8; the ground truth
@@ -91,7 +94,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call
+from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
 from ..artifacts import Proxy
@@ -101,7 +104,7 @@ from ..io import merge_json_entries, read_json_entries
 from ..metrics import ranking_report
 from ..paths import cache_dir
 from .condensers.base import VAL_PARTS, seeded_generator
-from .space import Architecture, NB201Network, load_architectures
+from .space import EDGES, Architecture, NB201Network, load_architectures
 
 INIT_STREAM, SHUFFLE_STREAM = 1000, 1001  # seeded_generator streams of a training seed
 EVAL_BATCH = 512
@@ -111,9 +114,10 @@ CACHE_FORMAT = 1
 # fields that change the ground truth (the cache key); the others only concern proxies or the bench
 _TRUTH_FIELDS = ("C", "N", "norm_groups", "epochs", "batch_size", "lr", "momentum", "weight_decay", "grad_clip", "resolution",
                  "train_subset", "val_subset", "test_subset", "seeds")
-# fields that decide only how baselines make their proxies (each proxy is keyed by its own options), not how
-# a proxy is evaluated: left out of the evaluation cache key
-_PROXY_MAKING_FIELDS = ("val_part",)
+# fields left out of the evaluation cache key: val_part decides only how baselines make their proxies (each
+# proxy is keyed by its own options), stack only how many networks train at once (results change by rounding,
+# as with another thread count)
+_UNKEYED_FIELDS = ("val_part", "stack")
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,8 @@ class ImageProtocol:
     :func:`~hcdc.image.space.load_architectures`. ``ipc``: the proxies' images per class.
     ``val_part``: the baselines' validation part (``"real"``: real validation images; ``"split"``: a random
     split of the method's own images, the paper's; :mod:`hcdc.image.condensers.base`).
-    ``amp`` / ``channels_last``: bfloat16 autocast and channels-last tensors, on CUDA only.
+    ``amp`` / ``channels_last``: bfloat16 autocast and channels-last tensors, on CUDA only. ``stack``: how many
+    networks (architecture × seed) train at once as one stacked model (:func:`train_stacked`; 1: one by one).
     """
 
     C: int = 16
@@ -155,6 +160,7 @@ class ImageProtocol:
     val_part: str = "real"
     amp: bool = False
     channels_last: bool = False
+    stack: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -163,7 +169,7 @@ class ImageProtocol:
         positive = {"C": self.C, "N": self.N, "epochs": self.epochs, "batch_size": self.batch_size,
                     "num_archs": self.num_archs, "ipc": self.ipc, "proxy_epochs": self.proxy_epochs,
                     "resolution": self.resolution, "train_subset": self.train_subset, "val_subset": self.val_subset,
-                    "test_subset": self.test_subset, "norm_groups": self.norm_groups}
+                    "test_subset": self.test_subset, "norm_groups": self.norm_groups, "stack": self.stack}
         for name, value in positive.items():
             optional = name in ("proxy_epochs", "resolution", "train_subset", "val_subset", "test_subset", "norm_groups")
             if value is None and optional:
@@ -206,8 +212,8 @@ class ImageProtocol:
 
     def key(self) -> str:
         """A short stable hash of the protocol (the proxy-evaluation cache key): every field but those that
-        decide only how baselines make their proxies (``val_part``)."""
-        return _hash({k: v for k, v in self.as_dict().items() if k not in _PROXY_MAKING_FIELDS})
+        decide only how baselines make their proxies (``val_part``) or how many networks train at once (``stack``)."""
+        return _hash({k: v for k, v in self.as_dict().items() if k not in _UNKEYED_FIELDS})
 
     def truth_key(self) -> str:
         """A short stable hash of the fields that determine the ground truth (the ground-truth cache key)."""
@@ -232,7 +238,7 @@ def _hash(obj: Any) -> str:
 
 PROTOCOLS: dict[str, ImageProtocol] = {
     "full": ImageProtocol(C=16, N=1, epochs=50, proxy_epochs=50, resolution=32, seeds=(0, 1, 2, 3, 4),
-                          num_archs=100, ipc=50, amp=True, channels_last=True),
+                          num_archs=100, ipc=50, amp=True, channels_last=True, stack=10),
     "cpu": ImageProtocol(C=8, N=1, epochs=12, proxy_epochs=50, resolution=16, train_subset=250, val_subset=500,
                          test_subset=500, seeds=(0, 1, 2), proxy_seeds=(0, 1, 2), num_archs=25, ipc=10),
     "smoke": ImageProtocol(C=4, N=1, epochs=1, proxy_epochs=5, resolution=8, train_subset=20, val_subset=10,
@@ -362,6 +368,106 @@ def train_architecture(
     return {k: v.detach() for k, v in net.named_parameters()}
 
 
+def train_networks(
+    jobs: Sequence[tuple[Architecture, int]],
+    x: Tensor,
+    y: Tensor,
+    protocol: ImageProtocol,
+    *,
+    num_classes: int | None = None,
+    epochs: int | None = None,
+    device: torch.device | str | None = None,
+) -> list[dict[str, Tensor]]:
+    """:func:`train_architecture` for every (architecture, seed) of ``jobs``, in order: ``protocol.stack`` of them at
+    a time as one stacked model (:func:`train_stacked`), or one by one when ``stack`` is 1."""
+    jobs = list(jobs)
+    kwargs = {"num_classes": num_classes, "epochs": epochs, "device": device}
+    if protocol.stack == 1:
+        return [train_architecture(arch, x, y, protocol, seed, **kwargs) for arch, seed in jobs]
+    return [params for i in range(0, len(jobs), protocol.stack)
+            for params in train_stacked(jobs[i : i + protocol.stack], x, y, protocol, **kwargs)]
+
+
+def train_stacked(
+    jobs: Sequence[tuple[Architecture, int]],
+    x: Tensor,
+    y: Tensor,
+    protocol: ImageProtocol,
+    *,
+    num_classes: int | None = None,
+    epochs: int | None = None,
+    device: torch.device | str | None = None,
+) -> list[dict[str, Tensor]]:
+    """Train the networks of several (architecture, seed) ``jobs`` at once; their parameters, in order.
+
+    The same training as :func:`train_architecture` for each job (its seed's initial weights and batch
+    order, SGD with momentum and weight decay, per-network gradient clipping, the cosine schedule), done
+    as one step of a stacked model per batch: ``torch.func.vmap`` of the loss gradient over the jobs'
+    stacked parameters, images and mixing weights. Each network computes the operations used by any job
+    of the stack (the others weigh zero in every job); an operation a job's own cell does not use gets a
+    zero gradient in the stack and is left untouched, as :func:`train_architecture` leaves it. Results
+    equal one-by-one training up to floating-point rounding (other kernels sum in another order). Jobs
+    of the same architecture (its seeds) stack without extra work; different architectures compute the
+    union of their operations. On CUDA with ``protocol.amp``, bfloat16 autocast; no channels-last here.
+    """
+    device = torch.device(device) if device is not None else x.device
+    epochs = protocol.epochs if epochs is None else epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if x.ndim != 4 or len(x) != len(y) or len(y) == 0:
+        raise DataError(f"training images must be [n, c, h, w] with n = len(y) > 0, got {list(x.shape)} and {len(y)} labels")
+    if not jobs:
+        return []
+    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
+    nets = [NB201Network(protocol.C, protocol.N, num_classes, x.shape[1], norm_groups=protocol.norm_groups,
+                         generator=seeded_generator(seed, INIT_STREAM)) for _, seed in jobs]
+    names = [k for k, _ in nets[0].named_parameters()]
+    params = {k: torch.stack([dict(n.named_parameters())[k].detach() for n in nets]).to(device) for k in names}
+    used = {arch: _used_parameters(arch, nets[0]) for arch in dict.fromkeys(arch for arch, _ in jobs)}
+    mask = {k: torch.tensor([k in used[arch] for arch, _ in jobs], device=device) for k in names}
+    skeleton = _skeleton({k: v[0] for k, v in params.items()}, protocol)
+    alpha = torch.stack([arch.to_alpha(device=device) for arch, _ in jobs])
+    active = [sorted({arch.ops[e] for arch, _ in jobs} - {0}) for e in range(len(EDGES))]
+    amp = _uses_cuda_tricks(device, protocol.amp)
+    x, y = x.to(device), y.to(device)
+
+    def loss(p: dict[str, Tensor], xb: Tensor, yb: Tensor, a: Tensor) -> Tensor:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            out = functional_call(skeleton, p, (xb, a, active))
+        return F.cross_entropy(out.float(), yb)
+
+    gradient = vmap(grad(loss))
+    momentum = {k: torch.zeros_like(v) for k, v in params.items()}
+    steps = epochs * math.ceil(len(y) / protocol.batch_size)
+    shuffles = [seeded_generator(seed, SHUFFLE_STREAM) for _, seed in jobs]
+    step = 0
+    for _ in range(epochs):
+        orders = [torch.randperm(len(y), generator=g).split(protocol.batch_size) for g in shuffles]
+        for batch in zip(*orders):
+            idx = torch.stack(batch).to(device)
+            grads = gradient(params, x[idx], y[idx], alpha)
+            norm = torch.stack([g.flatten(1).square().sum(1) for g in grads.values()]).sum(0).sqrt()
+            clip = (protocol.grad_clip / (norm + 1e-6)).clamp(max=1.0)  # torch.nn.utils.clip_grad_norm_'s rule
+            lr = protocol.lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
+            for k, p in params.items():
+                shape = (-1,) + (1,) * (p.ndim - 1)
+                d = grads[k] * clip.view(shape) + protocol.weight_decay * p  # torch.optim.SGD's update, dampening 0
+                momentum[k] = d if step == 0 else protocol.momentum * momentum[k] + d
+                params[k] = torch.where(mask[k].view(shape), p - lr * momentum[k], p)
+            step += 1
+    return [{k: v[j].detach() for k, v in params.items()} for j in range(len(jobs))]
+
+
+def _used_parameters(arch: Architecture, net: NB201Network) -> set[str]:
+    """Names of the parameters that :func:`train_architecture` updates for ``arch``: those that get a gradient
+    (found with ``net`` on one 4×4 input; the parameters of unused operations get none)."""
+    net.zero_grad(set_to_none=True)
+    net(torch.zeros(1, net.stem[0].in_channels, 4, 4), arch.to_alpha()).sum().backward()
+    used = {k for k, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad(set_to_none=True)
+    return used
+
+
 def _skeleton(params: dict[str, Tensor], protocol: ImageProtocol) -> NB201Network:
     """An NB201Network with the shapes of ``params`` and no real storage (for ``functional_call``)."""
     with torch.device("meta"):
@@ -483,18 +589,25 @@ def image_ground_truth(
     if missing:
         splits = {s: (data.normalized(s).to(device), data.split(s)[1].to(device)) for s in ("train", "val", "test")}
         x_train, y_train = splits["train"]
-        for key in tqdm(missing, desc=f"ground truth ({data.name})", unit="arch", disable=not progress):
-            arch, t0, seeds = Architecture.parse(key), time.perf_counter(), {}
-            for seed in protocol.seeds:
-                params = train_architecture(arch, x_train, y_train, protocol, seed, num_classes=data.num_classes, device=device)
+        bar = tqdm(total=len(missing), desc=f"ground truth ({data.name})", unit="arch", disable=not progress)
+        for chunk in _stack_chunks(missing, protocol, protocol.seeds):
+            t0, entries = time.perf_counter(), {}
+            jobs = [(Architecture.parse(key), seed) for key in chunk for seed in protocol.seeds]
+            trained = train_networks(jobs, x_train, y_train, protocol, num_classes=data.num_classes, device=device)
+            for (arch, seed), params in zip(jobs, trained):
                 val = score_architecture(arch, params, *splits["val"], protocol, device=device)
                 test = (score_architecture(arch, params, *splits["test"], protocol, device=device)
                         if len(splits["test"][1]) else {"acc": float("nan")})
+                seeds = entries.setdefault(arch.to_str(), {})
                 seeds[str(seed)] = {"val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"]}
-            entry = {m: float(np.mean([s[m] for s in seeds.values()])) for m in METRICS}
-            entry.update(seeds=seeds, seconds=time.perf_counter() - t0, device=str(device))
-            merge_json_entries(path, "archs", {key: entry}, header)
-            known[key] = entry
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            for key, seeds in entries.items():
+                entry = {m: float(np.mean([s[m] for s in seeds.values()])) for m in METRICS}
+                entries[key] = {**entry, "seeds": seeds, "seconds": seconds, "device": str(device)}
+            merge_json_entries(path, "archs", entries, header)
+            known.update(entries)
+            bar.update(len(chunk))
+        bar.close()
     values = {m: torch.tensor([known[k][m] for k in keys], dtype=torch.float64) for m in METRICS}
     return ImageGroundTruth(archs, values["val_acc"], values["val_loss"], values["test_acc"],
                             [known[k]["seeds"] for k in keys], len(missing), time.perf_counter() - start,
@@ -565,14 +678,27 @@ def score_on_proxy(arch: Architecture, parts: tuple[Tensor, Tensor, Tensor, Tens
     """A proxy's numbers for ``arch`` (``parts`` from :func:`proxy_parts`): trained ``protocol.proxy_epochs`` epochs
     on the training part once per seed of ``protocol.proxy_seeds``, scored on the validation part; mean ``acc`` and
     ``loss``."""
+    return scores_on_proxy([arch], parts, num_classes, protocol, device=device)[0]
+
+
+def scores_on_proxy(archs: Sequence[Architecture], parts: tuple[Tensor, Tensor, Tensor, Tensor], num_classes: int,
+                    protocol: ImageProtocol, *, device: torch.device | str | None = None) -> list[dict[str, float]]:
+    """:func:`score_on_proxy` for each of ``archs``, their networks trained ``protocol.stack`` at a time."""
     device = default_device(device)
     x_tr, y_tr, x_val, y_val = parts
-    runs = []
-    for seed in protocol.seeds_on_proxy:
-        params = train_architecture(arch, x_tr, y_tr, protocol, seed, num_classes=num_classes,
-                                    epochs=protocol.epochs_on_proxy, device=device)
-        runs.append(score_architecture(arch, params, x_val, y_val, protocol, device=device))
-    return {"acc": float(np.mean([r["acc"] for r in runs])), "loss": float(np.mean([r["loss"] for r in runs]))}
+    jobs = [(arch, seed) for arch in archs for seed in protocol.seeds_on_proxy]
+    trained = train_networks(jobs, x_tr, y_tr, protocol, num_classes=num_classes, epochs=protocol.epochs_on_proxy,
+                             device=device)
+    runs = [score_architecture(arch, params, x_val, y_val, protocol, device=device) for (arch, _), params in zip(jobs, trained)]
+    per_arch = len(protocol.seeds_on_proxy)
+    return [{m: float(np.mean([r[m] for r in runs[i : i + per_arch]])) for m in ("acc", "loss")}
+            for i in range(0, len(runs), per_arch)]
+
+
+def _stack_chunks(items: Sequence, protocol: ImageProtocol, seeds: Sequence[int]) -> list[list]:
+    """``items`` (architectures) in consecutive groups whose networks, one per seed, fill about one stack."""
+    size = max(1, protocol.stack // len(seeds))
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def evaluate_image_proxy(
@@ -610,10 +736,13 @@ def evaluate_image_proxy(
     device = default_device(device)
     parts = proxy_parts(proxy, protocol, device)
     acc, loss = [], []
-    for arch in tqdm(archs, desc=f"proxy {proxy.meta['method']}", unit="arch", disable=not progress):
-        result = score_on_proxy(arch, parts, proxy.num_classes, protocol, device=device)
-        acc.append(result["acc"])
-        loss.append(result["loss"])
+    bar = tqdm(total=len(archs), desc=f"proxy {proxy.meta['method']}", unit="arch", disable=not progress)
+    for chunk in _stack_chunks(archs, protocol, protocol.seeds_on_proxy):
+        for result in scores_on_proxy(chunk, parts, proxy.num_classes, protocol, device=device):
+            acc.append(result["acc"])
+            loss.append(result["loss"])
+        bar.update(len(chunk))
+    bar.close()
     acc_t, loss_t = torch.tensor(acc, dtype=torch.float64), torch.tensor(loss, dtype=torch.float64)
     score = proxy_score(acc_t, loss_t)
     true = truth.val_acc.numpy()
@@ -630,5 +759,6 @@ def evaluate_image_proxy(
 __all__ = [
     "PROTOCOLS", "ImageGroundTruth", "ImageProtocol", "ImageProxyEvaluation", "class_subset", "data_fingerprint",
     "default_device", "downsample", "evaluate_image_proxy", "get_protocol", "ground_truth_path", "image_ground_truth",
-    "prepare_data", "proxy_images", "proxy_parts", "proxy_score", "score_on_proxy", "score_architecture", "train_architecture",
+    "prepare_data", "proxy_images", "proxy_parts", "proxy_score", "score_architecture", "score_on_proxy", "scores_on_proxy",
+    "train_architecture", "train_networks", "train_stacked",
 ]

@@ -311,11 +311,16 @@ class NB201Network(nn.Module):
                 m.weight.fill_(1)
                 m.bias.zero_()
 
-    def forward(self, x: Tensor, alpha: Tensor | Architecture) -> Tensor:
+    def forward(self, x: Tensor, alpha: Tensor | Architecture, active: Sequence[Sequence[int]] | None = None) -> Tensor:
+        """Logits of images ``x`` under mixing weights ``alpha``. ``active[e]`` (op indices per edge) names the
+        operations to compute when the caller knows the others weigh exactly zero and no derivative with
+        respect to ``alpha`` is taken (a stacked model under ``vmap``, whose alpha cannot be read); by default
+        they are found from ``alpha`` as the class docstring says."""
         if isinstance(alpha, Architecture):
             alpha = alpha.to_alpha(dtype=x.dtype, device=x.device)
         _check_alpha(alpha)
-        active = _nonzero_ops(alpha) if _is_constant(alpha) else None
+        if active is None:
+            active = _nonzero_ops(alpha) if _is_constant(alpha) else None
         h = self.stem(x)
         for layer in self.cells:
             h = layer(h, alpha, active) if isinstance(layer, SearchCell) else layer(h)
