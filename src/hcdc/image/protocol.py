@@ -332,13 +332,7 @@ def train_architecture(
     On CUDA, ``protocol.amp`` trains under bfloat16 autocast and ``protocol.channels_last`` uses
     channels-last tensors. Deterministic on CPU for a given seed.
     """
-    device = torch.device(device) if device is not None else x.device
-    epochs = protocol.epochs if epochs is None else epochs
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if x.ndim != 4 or len(x) != len(y) or len(y) == 0:
-        raise DataError(f"training images must be [n, c, h, w] with n = len(y) > 0, got {list(x.shape)} and {len(y)} labels")
-    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
+    device, epochs, num_classes = _training_settings(x, y, protocol, num_classes, epochs, device)
     net = NB201Network(protocol.C, protocol.N, num_classes, x.shape[1], norm_groups=protocol.norm_groups,
                        generator=seeded_generator(seed, INIT_STREAM))
     channels_last = _uses_cuda_tricks(device, protocol.channels_last)
@@ -366,6 +360,18 @@ def train_architecture(
             opt.step()
             schedule.step()
     return {k: v.detach() for k, v in net.named_parameters()}
+
+
+def _training_settings(x: Tensor, y: Tensor, protocol: ImageProtocol, num_classes: int | None, epochs: int | None,
+                       device: torch.device | str | None) -> tuple[torch.device, int, int]:
+    """The device, epochs and class count a training run uses (defaults filled, bad values rejected)."""
+    device = torch.device(device) if device is not None else x.device
+    epochs = protocol.epochs if epochs is None else epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if x.ndim != 4 or len(x) != len(y) or len(y) == 0:
+        raise DataError(f"training images must be [n, c, h, w] with n = len(y) > 0, got {list(x.shape)} and {len(y)} labels")
+    return device, epochs, int(y.max()) + 1 if num_classes is None else num_classes
 
 
 def train_networks(
@@ -410,15 +416,9 @@ def train_stacked(
     of the same architecture (its seeds) stack without extra work; different architectures compute the
     union of their operations. On CUDA with ``protocol.amp``, bfloat16 autocast; no channels-last here.
     """
-    device = torch.device(device) if device is not None else x.device
-    epochs = protocol.epochs if epochs is None else epochs
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if x.ndim != 4 or len(x) != len(y) or len(y) == 0:
-        raise DataError(f"training images must be [n, c, h, w] with n = len(y) > 0, got {list(x.shape)} and {len(y)} labels")
+    device, epochs, num_classes = _training_settings(x, y, protocol, num_classes, epochs, device)
     if not jobs:
         return []
-    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
     nets = [NB201Network(protocol.C, protocol.N, num_classes, x.shape[1], norm_groups=protocol.norm_groups,
                          generator=seeded_generator(seed, INIT_STREAM)) for _, seed in jobs]
     names = [k for k, _ in nets[0].named_parameters()]
