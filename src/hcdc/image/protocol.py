@@ -94,7 +94,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from ..artifacts import Proxy
@@ -421,10 +421,9 @@ def train_stacked(
         return []
     nets = [NB201Network(protocol.C, protocol.N, num_classes, x.shape[1], norm_groups=protocol.norm_groups,
                          generator=seeded_generator(seed, INIT_STREAM)) for _, seed in jobs]
-    names = [k for k, _ in nets[0].named_parameters()]
-    params = {k: torch.stack([dict(n.named_parameters())[k].detach() for n in nets]).to(device) for k in names}
+    params = {k: v.detach().to(device) for k, v in stack_module_state(nets)[0].items()}
     used = {arch: _used_parameters(arch, nets[0]) for arch in dict.fromkeys(arch for arch, _ in jobs)}
-    mask = {k: torch.tensor([k in used[arch] for arch, _ in jobs], device=device) for k in names}
+    mask = {k: torch.tensor([k in used[arch] for arch, _ in jobs], device=device) for k in params}
     skeleton = _skeleton({k: v[0] for k, v in params.items()}, protocol)
     alpha = torch.stack([arch.to_alpha(device=device) for arch, _ in jobs])
     active = [sorted({arch.ops[e] for arch, _ in jobs} - {0}) for e in range(len(EDGES))]
