@@ -11,11 +11,11 @@ a mean over the table's number of proxy training seeds (Spearman–Brown), and t
 ``sqrt(reliability_truth × reliability_proxy)``: the Spearman a proxy whose expected ranking were
 exactly the true one would reach, at this noise, against this ground truth (classical attenuation).
 
-    OMP_NUM_THREADS=2 python bench/image_proxy_noise.py image_table_cpu --seeds 4 \\
+    OMP_NUM_THREADS=2 python bench/image_proxy_noise.py image_table_cpu_realval --seeds 4 \\
         --variant 'ipc 10={}' --variant 'ipc 10, 150 epochs={"proxy_epochs": 150}' \\
         --variant 'ipc 10, lr 0.01={"lr": 0.01}' --variant 'ipc 10, full batch={"batch_size": 100, "proxy_epochs": 100}' \\
         --variant 'ipc 50, 20 epochs={"ipc": 50, "proxy_epochs": 20}'
-    # → bench/results/image_proxy_noise_cpu.{json,md}
+    # → bench/results/image_proxy_noise_cpu_realval.{json,md}
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ trained (the cache would otherwise make a repeated cell free), so they are the s
 study trained a cell first; the proxies' search times are this run's wall times.
 
     OMP_NUM_THREADS=2 python bench/image_search.py --protocol cpu   # → bench/results/image_search_cpu.{json,md}
+    OMP_NUM_THREADS=2 python bench/image_search.py --protocol cpu --seeds 0 1 \\
+        --protocol-options '{"val_part": "real"}' --name image_search_cpu_realval   # the committed run
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_table import cached_proxy  # noqa: E402  (the table's proxy cache)
+from image_table import add_protocol_options_argument, cached_proxy, with_protocol_options  # noqa: E402  (the table's)
 
 from hcdc.data import get_spec, load_dataset  # noqa: E402
 from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
@@ -93,6 +95,7 @@ def write(result: dict, out_dir: Path, name: str) -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
+    add_protocol_options_argument(parser)
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--methods", nargs="+", default=["random", "dc", "tm", "hcdc"])
@@ -106,7 +109,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     command = command_line(__file__, argv)
-    protocol = PROTOCOLS[args.protocol]
+    protocol = with_protocol_options(PROTOCOLS[args.protocol], args.protocol_options)
     if get_spec(args.dataset).kind != "image":
         raise ConfigError(f"dataset '{args.dataset}' is not an image dataset")
     if args.trials < 1 or args.finalists < 1 or not args.seeds or min(args.seeds) < 0:

@@ -82,6 +82,9 @@ PAPER = {
                  "hcdc": (0.63, 72.4), "optimal": (None, 72.9)},
 }
 
+VAL_PART_TEXT = {"split": "a random split of their own images (the paper's)", "real": "real validation images"}
+
+
 def parse_named_json(item: str, flag: str) -> tuple[str, dict]:
     """``NAME={"key": value}`` (one command-line item of ``flag``) as ``(NAME, dict)``; ConfigError when malformed."""
     name, sep, text = item.partition("=")
@@ -92,6 +95,14 @@ def parse_named_json(item: str, flag: str) -> tuple[str, dict]:
     if not name or not isinstance(value, dict):
         raise ConfigError(f"{flag} expects NAME='{{\"key\": value}}', got {item!r}")
     return name, value
+
+
+def with_protocol_options(protocol: ImageProtocol, text: str | None) -> ImageProtocol:
+    """``protocol`` with the field changes of ``--protocol-options`` (a JSON object; None: unchanged)."""
+    if text is None:
+        return protocol
+    _, changes = parse_named_json(f"protocol={text}", "--protocol-options")
+    return protocol.with_(**changes)
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict]:
@@ -262,7 +273,8 @@ def to_markdown(result: dict) -> str:
         f"val {subset(p['val_subset'])}, test {subset(p['test_subset'])}; SGD lr {p['lr']} cosine, momentum {p['momentum']}, "
         f"wd {p['weight_decay']}, clip {p['grad_clip']}, batch {p['batch_size']}; ground truth {p['epochs']} epochs × "
         f"{len(p['seeds'])} seed(s), proxies {p['proxy_epochs'] or p['epochs']} epochs × "
-        f"{len(p['proxy_seeds'] or p['seeds'])} seed(s); ipc {result['ipc']}; condensation seeds {result['condense_seeds']}.  ",
+        f"{len(p['proxy_seeds'] or p['seeds'])} seed(s); ipc {result['ipc']}; condensation seeds {result['condense_seeds']}; "
+        f"baselines' validation part: {VAL_PART_TEXT[p['val_part']]}.  ",
         f"Ground truth: {result['ground_truth_compute_seconds']:.0f} s of training (this run: "
         f"{result['ground_truth_seconds']:.0f} s); oracle Perf {result['oracle_perf']:.1%}; total compute "
         f"{compute_seconds(result):.0f} s = {compute_seconds(result) / 3600:.2f} h (ground truth + every proxy's "
@@ -307,8 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="condensation seeds (default: 0 1 for cpu, 0..4 for full, 0 for smoke)")
     parser.add_argument("--ipc", type=int, default=None, help="images per class (default: the protocol's)")
     parser.add_argument("--archs", type=int, default=None, help="number of architectures (default: the protocol's)")
-    parser.add_argument("--protocol-options", default=None, metavar="JSON",
-                        help='protocol field overrides, e.g. \'{"proxy_epochs": 20, "proxy_seeds": [0, 1]}\'')
+    add_protocol_options_argument(parser)
     parser.add_argument("--dataset", default="cifar10", help="registered image dataset: cifar10 or cifar100")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -323,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
 DEFAULT_SEEDS = {"full": [0, 1, 2, 3, 4], "cpu": [0, 1], "smoke": [0]}
 
 
+def add_protocol_options_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--protocol-options`` flag (read by :func:`with_protocol_options`)."""
+    parser.add_argument("--protocol-options", default=None, metavar="JSON",
+                        help='protocol field overrides, e.g. \'{"proxy_epochs": 20, "val_part": "real"}\'')
+
+
 def resolve(args: argparse.Namespace) -> dict:
     """Everything a run needs from its arguments, validated before any data is loaded (ConfigError)."""
     protocol_name = "smoke" if args.smoke else args.protocol
@@ -331,9 +348,7 @@ def resolve(args: argparse.Namespace) -> dict:
         protocol = protocol.with_(num_archs=args.archs)
     if args.ipc is not None:
         protocol = protocol.with_(ipc=args.ipc)
-    if args.protocol_options is not None:
-        _, changes = parse_named_json(f"protocol={args.protocol_options}", "--protocol-options")
-        protocol = protocol.with_(**changes)
+    protocol = with_protocol_options(protocol, args.protocol_options)
     if get_spec(args.dataset).kind != "image":
         raise ConfigError(f"dataset '{args.dataset}' is not an image dataset")
     methods = args.methods or DEFAULT_METHODS

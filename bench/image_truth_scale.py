@@ -12,8 +12,8 @@ method and condensation seed are ranked against it, with nothing retrained on th
 per variant: its seed agreement, its Spearman with the table's ground truth, and per method the
 Spearman of the proxies against both truths and the true test accuracy of their picks under it.
 
-    OMP_NUM_THREADS=2 python bench/image_truth_scale.py image_table_cpu \\
-        --variant '1,000 per class={"train_subset": 1000, "seeds": [0, 1]}'   # → bench/results/image_truth_scale_cpu.{json,md}
+    OMP_NUM_THREADS=2 python bench/image_truth_scale.py image_table_cpu_realval \\
+        --variant '1,000 per class={"train_subset": 1000, "seeds": [0, 1]}'   # → bench/results/image_truth_scale_cpu_realval.{json,md}
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ protocol), so ``--proxy-seeds N`` trains each architecture under seeds 0..N-1 in
 protocol's; proxies with the same training part (DC and HCDC at one condensation seed) are scored on
 the very same networks, so their columns differ only by the validation part.
 
-    OMP_NUM_THREADS=2 python bench/image_val_part.py image_table_cpu dc:0 hcdc:0 dc:1 hcdc:1 --proxy-seeds 6
-    # → bench/results/image_val_part_cpu.{json,md}
+    OMP_NUM_THREADS=2 python bench/image_val_part.py image_table_cpu_realval dc:0 hcdc:0 dc:1 hcdc:1 --proxy-seeds 6
+    # → bench/results/image_val_part_cpu_realval.{json,md}
 """
 
 from __future__ import annotations

@@ -151,12 +151,16 @@ def test_image_search_bench_compares_proxy_studies_with_the_original_data_study(
     bench = load_bench("image_search")
     with pytest.raises(ConfigError, match="unknown image condenser"):
         bench.main(["--protocol", "smoke", "--methods", "gcond", "--out-dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="val_part must be one of"):
+        bench.main(["--protocol", "smoke", "--protocol-options", '{"val_part": "test"}', "--out-dir", str(tmp_path)])
     monkeypatch.setattr(bench, "load_dataset", lambda name, root=None: toy_images(classes=3, train=20, val=10))
     args = ["--protocol", "smoke", "--methods", "random", "dc", "--trials", "4", "--finalists", "2",
             "--out-dir", str(tmp_path), "--name", "search_toy"]
     result = bench.main(args)
     ref, rows = result["original"], result["rows"]
     assert [r["method"] for r in rows] == ["random", "dc"] and result["complete"]
+    # the baselines get the protocol's validation part: the paper's random split of their own images
+    assert result["protocol"]["val_part"] == "split" and result["options"]["random"]["val_part"] == "split"
     view = prepare_data(toy_images(classes=3, train=20, val=10), SMOKE)
     tried = [Architecture.parse(a) for a in ref["trials"]["archs"]]
     truth = image_ground_truth(view, tried, SMOKE, progress=False)

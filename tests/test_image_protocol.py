@@ -76,9 +76,10 @@ def test_presets_follow_the_paper_and_keys_are_stable():
     assert len({p.key() for p in PROTOCOLS.values()}) == len(PROTOCOLS)
     assert full.with_(epochs=49).key() != full.key() and full.with_(epochs=49).truth_key() != full.truth_key()
     # the ground-truth key ignores what only concerns proxies and the bench
-    assert full.with_(proxy_epochs=7, ipc=10, num_archs=5, proxy_seeds=(0,), val_part="split").truth_key() == full.truth_key()
-    # val_part changes how baseline proxies are made (their own keys), not how a proxy is evaluated
-    assert full.with_(val_part="split").key() == full.key() and full.val_part == cpu.val_part == "real"
+    assert full.with_(proxy_epochs=7, ipc=10, num_archs=5, proxy_seeds=(0,), val_part="real").truth_key() == full.truth_key()
+    # val_part changes how baseline proxies are made (their own keys), not how a proxy is evaluated;
+    # the presets give the baselines the paper's validation part (a random split of their own images)
+    assert full.with_(val_part="real").key() == full.key() and full.val_part == cpu.val_part == "split"
     # how many networks train at once changes results only by rounding: neither key
     assert full.with_(stack=1).key() == full.key() and full.with_(stack=1).truth_key() == full.truth_key()
     # pinned: a change here silently invalidates every cached ground truth
@@ -337,16 +338,15 @@ def test_recipes_resolve_for_every_method():
         options = recipes.method_options(method, "cpu", cpu)
         assert all(options[k] == v for k, v in recipes.CPU_OPTIONS[method].items() if k != "train_options")
     assert recipes.method_options("dc", "cpu", cpu)["iterations"] == 10
-    assert recipes.method_options("dc", "full", PROTOCOLS["full"]) == make_image_condenser("dc").options
+    assert recipes.method_options("dc", "full", PROTOCOLS["full"]) == make_image_condenser("dc", val_part="split").options
     if "hcdc" in IMAGE_CONDENSERS:
         hcdc = recipes.method_options("hcdc", "cpu", cpu)
         assert (hcdc["C"], hcdc["N"], hcdc["norm_groups"]) == (cpu.C, cpu.N, cpu.norm_groups)
     assert recipes.method_options("dm", "cpu", cpu, {"iterations": 3})["iterations"] == 3
     # the protocol's val_part reaches every baseline, not HCDC (which learns its validation part)
-    split = cpu.with_(val_part="split")
-    assert all(recipes.method_options(m, "cpu", split)["val_part"] == "split" for m in IMAGE_CONDENSERS if m != "hcdc")
-    assert "val_part" not in recipes.method_options("hcdc", "cpu", split)
-    assert recipes.method_options("tm", "cpu", cpu)["val_part"] == "real"
+    assert all(recipes.method_options(m, "cpu", cpu)["val_part"] == "split" for m in IMAGE_CONDENSERS if m != "hcdc")
+    assert "val_part" not in recipes.method_options("hcdc", "cpu", cpu)
+    assert recipes.method_options("tm", "cpu", cpu.with_(val_part="real"))["val_part"] == "real"
     with pytest.raises(ConfigError, match="unknown image condenser"):
         recipes.method_options("nope", "cpu", cpu)
     with pytest.raises(ConfigError, match="unknown option"):

@@ -31,13 +31,14 @@ accuracy of the architecture it picks (Perf).
 
   The split 250:500 is deliberately heavy on validation. The baselines' validation part keeps the
   train:val proportion, so it is round(10·500/250) = 20 images per class; with the paper's 4:1 it
-  would be 2–3 per class at ipc 10. ``python bench/image_val_part.py image_table_cpu dc:0 hcdc:0
-  dc:1 hcdc:1 --proxy-seeds 6`` scores the same networks (6 training seeds on a proxy's training
+  would be 2–3 per class at ipc 10. With real validation images for the baselines
+  (``val_part="real"``, the table ``image_table_cpu_realval``), ``python bench/image_val_part.py
+  image_table_cpu_realval dc:0 hcdc:0 dc:1 hcdc:1 --proxy-seeds 6`` scores the same networks (6 training seeds on a proxy's training
   part) on DC's validation part, on HCDC's and on 1,000 real validation images: seed-mean Spearman
   0.49 / 0.40 / 0.65 and 0.43 / 0.44 / 0.40 for the two condensation seeds, with two training seeds'
-  rankings agreeing at 0.02–0.39 (``bench/results/image_val_part_cpu.md``): at this scale the
+  rankings agreeing at 0.02–0.39 (``bench/results/image_val_part_cpu_realval.md``): at this scale the
   networks trained on 100 images, not the validation part, limit the ranking. ``python
-  bench/image_proxy_noise.py`` (``bench/results/image_proxy_noise_cpu*.md``) measures how high a
+  bench/image_proxy_noise.py`` (``bench/results/image_proxy_noise_cpu_realval*.md``) measures how high a
   proxy can rank here: two samples of 10 real training images per class rank at 0.37 and 0.68 (4
   training seeds, 1,000 real validation images), with noise ceilings of 0.82 and 0.67 at 3 proxy
   seeds; longer training, a lower learning rate or full batches do not help; 50 per class rank at
@@ -46,13 +47,18 @@ accuracy of the architecture it picks (Perf).
   and 0.23. The ground truth's own noise is in the table (seed-to-seed Spearman and the
   reliability of the seed mean, :func:`hcdc.metrics.seed_agreement`).
 
-  ``val_part="split"`` gives the baselines the paper's validation part (a random split of their own
-  30 images per class; :mod:`hcdc.image.condensers.base`): ``bench/results/image_table_cpu_split.md``.
+  Every preset gives the baselines the paper's validation part (``val_part="split"``: a random
+  split of their own 30 images per class; :mod:`hcdc.image.condensers.base`).
 
-  Budget, as measured by the committed run (``OMP_NUM_THREADS=2 python bench/image_table.py
-  --protocol cpu``, ``bench/results/image_table_cpu.md``): ground truth 811 s (25 architectures ×
-  3 seeds × 480 steps), evaluation ≈ 150 s per proxy (25 × 3 seeds × 100 steps) × 9 methods × 2
-  condensation seeds, condensation 0–122 s per proxy; total 1.13 h of compute.
+  Budget, as measured by the committed runs: ``python bench/image_table.py --protocol cpu``
+  (``bench/results/image_table_cpu.md``, as two one-thread processes of one condensation seed
+  each): ground truth 811 s (25 architectures × 3 seeds × 480 steps), evaluation 404–484 s per
+  proxy on one thread (25 × 3 seeds × 100 steps) × 9 methods × 2 condensation seeds,
+  condensation of 30 images per class 0–445 s per proxy; total 3.25 h of one-thread compute, above
+  the 2-hour budget. With real validation images (``OMP_NUM_THREADS=2 python bench/image_table.py
+  --protocol cpu --protocol-options '{"val_part": "real"}' --name image_table_cpu_realval``; the
+  methods make 10 images per class): evaluation ≈ 150 s per proxy on two threads, condensation
+  0–122 s per proxy, total 1.13 h.
 * ``"smoke"``: tiny everything, for checking the plumbing end to end in a minute or two.
 
 Ranking on a proxy. The paper ranks by validation accuracy. On a proxy's few validation images
@@ -157,7 +163,7 @@ class ImageProtocol:
     proxy_seeds: tuple[int, ...] | None = None
     num_archs: int = 100
     ipc: int = 50
-    val_part: str = "real"
+    val_part: str = "split"
     amp: bool = False
     channels_last: bool = False
     stack: int = 1

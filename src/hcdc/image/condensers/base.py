@@ -14,6 +14,11 @@ original train:val proportion). A baseline's validation part is chosen by its op
   real validation images drawn per class (:func:`validation_split`), a stronger validation part than
   the paper gives the baselines, and the one HCDC's learned set starts from.
 
+The image protocols (:data:`hcdc.image.protocol.PROTOCOLS`, through which ``hcdc condense`` and the
+bench scripts build condensers) pass ``"split"``, the paper's setting; a condenser built directly
+keeps ``"real"``, the validation part that lets condensed proxies rank better here
+(``bench/results/image_table_cpu.md`` against ``image_table_cpu_realval.md``).
+
 HCDC replaces the validation part with a learned set. Proxy images are normalised
 with the training split's per-channel mean and standard deviation (``ImageData.normalized``).
 
