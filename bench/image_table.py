@@ -13,7 +13,11 @@ ranking`` draws as the paper's Figure 2. Ground truth (``$HCDC_CACHE/image_groun
 (``$HCDC_CACHE/image_proxies``) and proxy evaluations (``$HCDC_CACHE/image_evaluations``) are
 cached, so an interrupted run resumes where it stopped.
 
-    python bench/image_table.py --protocol cpu          # the CPU table (about 1.5 h on 2 cores)
+``--jobs N`` makes and evaluates the proxies in N processes side by side (the condensation seeds dealt
+out among them, one torch thread per core each: small networks use cores better that way), then
+assembles the table from the cache (:func:`run_in_jobs`).
+
+    python bench/image_table.py --protocol cpu --jobs 2 # the CPU table, its 2 condensation seeds side by side
     python bench/image_table.py --protocol full         # the paper's protocol (GPU)
     python bench/image_table.py --smoke --methods random dm   # plumbing check, a minute or two
     python bench/image_table.py --dataset cifar100 --data-root /data --protocol cpu
@@ -34,13 +38,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from hcdc.artifacts import load_proxy, save_proxy
 from hcdc.data import get_spec, load_dataset
@@ -238,6 +247,60 @@ def run_method(view, fingerprint, archs, protocol, truth, method, ipc, seeds, op
     }
 
 
+def run_in_jobs(argv: list[str], name: str, methods: list[str], seeds: list[int], jobs: int) -> dict:
+    """Make and evaluate this run's proxies in ``jobs`` processes side by side, the condensation seeds dealt
+    out among them; returns ``{"jobs": processes started, "threads_per_job": their torch threads}``.
+
+    Each process is this script with the same arguments, its share of ``--seeds``, ``--jobs 1``, an
+    ``--out-dir`` of its own under the cache and ``OMP_NUM_THREADS`` = this process's torch threads / jobs
+    (small networks use one core each better than two cores together). They share the cache, so this
+    process then finds every proxy and evaluation there and assembles the table as a rerun does. Their
+    output goes to a log each; a bar counts finished (method, seed) pairs from their results files. A failed
+    process is a ConfigError naming its log (its finished work stays cached, so a rerun resumes).
+    """
+    chunks = [seeds[i::jobs] for i in range(min(jobs, len(seeds)))]
+    work = cache_dir() / "image_table_jobs" / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    threads = max(1, torch.get_num_threads() // len(chunks))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs = []
+    for i, chunk in enumerate(chunks):
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--seeds", *map(str, chunk), "--jobs", "1",
+                   "--name", name, "--out-dir", str(work / f"job{i}")]
+        with open(work / f"job{i}.log", "wb") as log:
+            procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
+    print(f"{len(procs)} jobs (condensation seeds {chunks}); their logs: {work}/job*.log", file=sys.stderr, flush=True)
+
+    def finished() -> int:
+        done = 0
+        for i in range(len(chunks)):
+            try:
+                done += sum(len(row["per_seed"]) for row in json.loads((work / f"job{i}" / f"{name}.json").read_text())["rows"])
+            except (OSError, json.JSONDecodeError, KeyError):
+                pass
+        return done
+
+    try:
+        with tqdm(total=len(methods) * len(seeds), desc="proxies (method, seed)") as bar:
+            while any(p.poll() is None for p in procs):
+                time.sleep(2.0)
+                bar.update(finished() - bar.n)
+            bar.update(finished() - bar.n)
+    finally:  # interrupted: stop the jobs as Ctrl-C does (they keep their snapshots), then wait for them
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        raise ConfigError(f"job(s) {failed} failed (exit codes {[procs[i].returncode for i in failed]}); see "
+                          f"{work}/job{failed[0]}.log; their finished proxies are cached, rerun to resume")
+    shutil.rmtree(work, ignore_errors=True)
+    return {"jobs": len(procs), "threads_per_job": threads}
+
+
 COLUMNS = [("method", "method", ""), ("ipc", "ipc", ""), ("train_images", "train imgs", ""), ("val_images", "val imgs", ""),
            ("spearman_mean", "Spearman", ".3f"), ("spearman_std", "±", ".3f"), ("kendall_mean", "Kendall", ".3f"),
            ("spearman_loss_mean", "ρ (loss)", ".3f"), ("top5_mean", "top-5", ".2f"),
@@ -262,12 +325,14 @@ def to_markdown(result: dict) -> str:
     p = result["protocol"]
     res = f"{p['resolution']}×{p['resolution']}" if p["resolution"] else "native resolution"
     subset = lambda n: "all" if n is None else f"{n}/class"  # noqa: E731
+    jobs = (f" ({result['jobs']} jobs side by side, {result['threads_per_job']} thread(s) each)"
+            if result.get("jobs", 1) > 1 else "")
     parts = [
         f"# Image proxies: ranking of {len(result['architectures'])} NAS-Bench-201 architectures on {result['dataset']} "
         f"(protocol '{result['protocol_name']}')", "",
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} cores, "
-        f"{result['machine']['torch_threads']} torch threads{', ' + result['machine']['gpu'] if 'gpu' in result['machine'] else ''}"
+        f"{result['machine']['torch_threads']} torch threads{jobs}{', ' + result['machine']['gpu'] if 'gpu' in result['machine'] else ''}"
         f"; device {result['device']}; torch {result['versions']['torch']}.  ",
         f"Protocol: NB201Network C={p['C']}, N={p['N']}, norm groups {p['norm_groups']}; {res}; train {subset(p['train_subset'])}, "
         f"val {subset(p['val_subset'])}, test {subset(p['test_subset'])}; SGD lr {p['lr']} cosine, momentum {p['momentum']}, "
@@ -325,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--options", nargs="+", default=[], metavar="METHOD=JSON", help="condenser option overrides")
     parser.add_argument("--name", default=None, help="results name (default: image_table_<protocol>[_<dataset>])")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="processes that make and evaluate the proxies side by side, condensation seeds dealt out "
+                             "among them (default 1)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--render", metavar="NAME", default=None,
                         help="only rewrite <out-dir>/NAME.md from NAME.json (after a change to the table's layout)")
@@ -365,6 +433,8 @@ def resolve(args: argparse.Namespace) -> dict:
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[protocol_name]
     if not seeds or any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     suffix = "" if args.dataset == "cifar10" else f"_{args.dataset}"
     name = args.name or f"image_table_{protocol_name}{suffix}"
     return {"protocol_name": protocol_name, "protocol": protocol, "methods": methods, "options": options,
@@ -408,12 +478,15 @@ def main(argv=None) -> dict:
         "ground_truth_seed_spearman": agreement[0], "ground_truth_reliability": agreement[1],
         "ground_truth_cache": truth.cache_file, "ground_truth_committed": committed.name,
         "ground_truth_from_committed": seeded, "rows": [], "machine": machine_info(), "versions": package_versions(),
-        "torch_threads": torch.get_num_threads(), "command": command, "complete": False,
+        "torch_threads": torch.get_num_threads(), "command": command, "complete": False, "jobs": 1,
         "total_seconds": time.perf_counter() - start,
     }
     write(result, args.out_dir, run["name"])
     print(f"ground truth: {len(archs)} architectures, {truth.computed} trained now ({truth.seconds:.0f} s); "
           f"true val acc {truth.val_acc.min():.3f}..{truth.val_acc.max():.3f}", file=sys.stderr, flush=True)
+    if args.jobs > 1:
+        result |= run_in_jobs(argv if argv is not None else sys.argv[1:], run["name"], run["methods"],
+                                     run["seeds"], args.jobs)
     for method in run["methods"]:
         row = run_method(view, fingerprint, archs, protocol, truth, method, protocol.ipc, run["seeds"],
                          run["options"][method], device, data.name)

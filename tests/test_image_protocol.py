@@ -311,6 +311,34 @@ def test_bench_runs_on_a_cifar100_stand_in(tmp_path):
         bench.main(["--render", "nope", "--out-dir", str(tmp_path / "out")])
 
 
+def test_bench_jobs_make_the_same_table_side_by_side(tmp_path, monkeypatch):
+    bench = load_bench("image_table")
+    _write_cifar100(tmp_path / "data", per_class=120, test_per_class=1)
+    args = ["--smoke", "--dataset", "cifar100", "--data-root", str(tmp_path / "data"), "--methods", "random", "dc",
+            "--archs", "2", "--seeds", "0", "1", "--name", "t"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the jobs get one thread each: the same sums, so the same numbers
+    try:
+        one = bench.main([*args, "--out-dir", str(tmp_path / "one")])
+        monkeypatch.setenv("HCDC_CACHE", str(tmp_path / "cache2"))  # nothing cached: the jobs make everything
+        two = bench.main([*args, "--jobs", "2", "--out-dir", str(tmp_path / "two")])
+    finally:
+        torch.set_num_threads(threads)
+    assert two["jobs"] == 2 and two["threads_per_job"] == 1 and one["jobs"] == 1 and two["complete"]
+    assert all(s["cached_proxy"] for row in two["rows"] for s in row["per_seed"])  # made by the jobs
+    assert [r["scores"] for r in two["rows"]] == [r["scores"] for r in one["rows"]]
+    assert [r["condense_seeds"] for r in two["rows"]] == [[0, 1], [0, 1]]
+    assert "2 jobs side by side" in (tmp_path / "two" / "t.md").read_text()
+    assert not (tmp_path / "cache2" / "image_table_jobs" / "t").exists()  # the jobs' own files are gone
+    with pytest.raises(ConfigError, match="--jobs must be at least 1"):
+        bench.main([*args, "--jobs", "0", "--out-dir", str(tmp_path / "bad")])
+    monkeypatch.setattr(bench.sys, "executable", "false")  # every job fails at once
+    monkeypatch.setenv("HCDC_CACHE", str(tmp_path / "cache3"))
+    with pytest.raises(ConfigError, match=r"job\(s\) \[0, 1\] failed .*rerun to resume"):
+        bench.main([*args, "--jobs", "2", "--out-dir", str(tmp_path / "three")])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_stack_bench_times_stacks_against_one_by_one_training(tmp_path):
     bench = load_bench("image_stack")
     _write_cifar100(tmp_path / "data", per_class=120, test_per_class=1)
