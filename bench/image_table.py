@@ -285,7 +285,9 @@ def run_in_jobs(argv: list[str], name: str, methods: list[str], seeds: list[int]
         with tqdm(total=len(methods) * len(seeds), desc="proxies (method, seed)") as bar:
             while any(p.poll() is None for p in procs):
                 time.sleep(2.0)
-                bar.update(finished() - bar.n)
+                done = finished()
+                if done > bar.n:  # refresh only on progress (a log is not flooded)
+                    bar.update(done - bar.n)
             bar.update(finished() - bar.n)
     finally:  # interrupted: stop the jobs as Ctrl-C does (they keep their snapshots), then wait for them
         for p in procs:
