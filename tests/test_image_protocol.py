@@ -566,6 +566,32 @@ def test_truth_scale_diagnostic_reranks_stored_proxy_scores_against_a_larger_tru
     assert "ρ this truth" in (tmp_path / "image_truth_scale_toy.md").read_text()
 
 
+def test_truth_scale_compares_with_the_ground_truth_another_run_stored(tmp_path):
+    scale = load_bench("image_truth_scale")
+    protocol = PROTOCOLS["smoke"].with_(num_archs=4)
+    names = [str(a) for a in protocol.architectures()]
+    mine, theirs = [0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]  # the other run's truth is exactly reversed
+    rows = [{"method": "m", "spearman_mean": 1.0, "perf_mean": 0.5, "scores": [mine], "picks": [names[3]]}]
+    base = {"dataset": "toy", "protocol": protocol.as_dict(), "architectures": names, "data_fingerprint": "f",
+            "ground_truth_seed_spearman": 0.5, "ground_truth_reliability": 0.7, "ground_truth_compute_seconds": 9.0}
+    (tmp_path / "image_table_toy.json").write_text(json.dumps({**base, "true_val_acc": mine, "rows": rows}))
+    (tmp_path / "again").mkdir()
+    other = {**base, "true_val_acc": theirs, "true_test_acc": [0.6, 0.5, 0.4, 0.3], "ground_truth_seed_spearman": 0.8}
+    (tmp_path / "again" / "image_table_toy.json").write_text(json.dumps(other))
+    (tmp_path / "elsewhere.json").write_text(json.dumps({**other, "data_fingerprint": "g"}))
+    (tmp_path / "fewer.json").write_text(json.dumps({**other, "architectures": names[:3]}))
+    for bad, words in ((["elsewhere"], "other data"), (["fewer"], "same dataset and architectures"), ([], "at least one")):
+        with pytest.raises(ConfigError, match=words):
+            scale.main(["image_table_toy", *(a for b in bad for a in ("--truth-of", b)), "--out-dir", str(tmp_path)])
+    assert not list(tmp_path.glob("image_truth_scale*"))
+    result = scale.main(["image_table_toy", "--truth-of", "again/image_table_toy", "--out-dir", str(tmp_path)])
+    (variant,) = result["variants"]
+    assert variant["variant"] == "again/image_table_toy" and variant["spearman_with_table_truth"] == pytest.approx(-1.0)
+    assert (variant["truth_seed_spearman"], variant["truth_compute_seconds"]) == (0.8, 9.0)
+    (row,) = variant["rows"]
+    assert row["spearman_mean"] == pytest.approx(-1.0) and row["perf_mean"] == 0.3 and row["oracle_perf"] == 0.6
+
+
 def test_bench_scripts_report_bad_input_in_one_line_with_exit_code_2(tmp_path, capsys):
     from hcdc.errors import exit_on_user_error
 

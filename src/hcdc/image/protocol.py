@@ -58,8 +58,9 @@ accuracy of the architecture it picks (Perf).
   nothing (empty cache, no committed ground truth) in one command, ``OMP_NUM_THREADS=2 python
   bench/image_table.py --protocol cpu --jobs 2 --out-dir bench/results/fromscratch`` (the two
   condensation seeds in two one-thread processes side by side) took 1.25 h of wall time on 2 cores,
-  ground truth 1043 s included (``bench/results/fromscratch/image_table_cpu.md``). With real validation images (``OMP_NUM_THREADS=2 python bench/image_table.py
-  --protocol cpu --protocol-options '{"val_part": "real"}' --name image_table_cpu_realval``; the
+  ground truth 1043 s included (``bench/results/fromscratch/image_table_cpu.md``). With real
+  validation images (``OMP_NUM_THREADS=2 python bench/image_table.py --protocol cpu
+  --protocol-options '{"val_part": "real"}' --name image_table_cpu_realval``; the
   methods make 10 images per class): evaluation ≈ 150 s per proxy on two threads, condensation
   0–122 s per proxy, total 1.13 h.
 * ``"smoke"``: tiny everything, for checking the plumbing end to end in a minute or two.
