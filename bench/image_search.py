@@ -14,9 +14,9 @@ every finalist) are the ground truth's training times as measured when each cell
 trained (the cache would otherwise make a repeated cell free), so they are the same whichever
 study trained a cell first; the proxies' search times are this run's wall times.
 
-    OMP_NUM_THREADS=2 python bench/image_search.py --protocol cpu   # → bench/results/image_search_cpu.{json,md}
+    OMP_NUM_THREADS=2 python bench/image_search.py --protocol cpu --seeds 0 1   # → bench/results/image_search_cpu.{json,md}
     OMP_NUM_THREADS=2 python bench/image_search.py --protocol cpu --seeds 0 1 \\
-        --protocol-options '{"val_part": "real"}' --name image_search_cpu_realval   # the committed run
+        --protocol-options '{"val_part": "real"}' --name image_search_cpu_realval   # baselines on real val images
 """
 
 from __future__ import annotations
