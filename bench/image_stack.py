@@ -9,16 +9,24 @@ epochs, once one by one (stack 1) and once per size in ``--stacks``
 network, the speed-up over one by one, and the largest difference of any parameter from one-by-one
 training (rounding only: the same training, other kernels; on a CPU with several threads a last row
 trains one by one on one thread, the same scale of difference from rounding alone). ``--truth`` trains on the protocol's
-whole training data with its ground-truth epochs and seeds instead.
+whole training data with its ground-truth epochs and seeds instead. ``--protocol-options`` changes protocol fields
+(as in the table): with ``'{"epochs": 1}'`` a GPU times one epoch of the ground truth's training, and the report
+extrapolates what the preset's whole ground truth (or one proxy's evaluation) would take at the fastest row's time
+per SGD step.
 
     OMP_NUM_THREADS=2 python bench/image_stack.py --protocol cpu --archs 4 --stacks 3 6 12
     # → bench/results/image_stack_cpu.{json,md}
     python bench/image_stack.py --protocol full --archs 4 --stacks 5 10 20    # on a GPU
+    python bench/image_stack.py --protocol full --truth --archs 2 --stacks 10 --protocol-options '{"epochs": 1}' \
+        --name image_stack_full_truth    # on a GPU: one epoch of the ground truth, and the whole one extrapolated
+
+``bench/device_check.sh`` runs both on a GPU machine, with the CUDA tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,6 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from image_table import add_protocol_options_argument, with_protocol_options  # noqa: E402  (the table's flag)
 from image_val_part import report_header, write_report  # noqa: E402  (the diagnostics' report format)
 
 from hcdc.data import load_dataset  # noqa: E402
@@ -53,15 +62,18 @@ def max_difference(a: list[dict], b: list[dict]) -> float:
     return max(float((p[k].float() - q[k].float()).abs().max()) for p, q in zip(a, b) for k in p)
 
 
-def run(protocol_name: str, archs: int, stacks: list[int], truth: bool, dataset: str, data_root: Path | None = None) -> dict:
+def run(protocol_name: str, archs: int, stacks: list[int], truth: bool, dataset: str, data_root: Path | None = None,
+        protocol_options: str | None = None) -> dict:
     """Time one-by-one and stacked training of the same jobs (module docstring)."""
-    base = get_protocol(protocol_name)
+    preset = get_protocol(protocol_name)
+    base = with_protocol_options(preset, protocol_options)
     if not 1 <= archs <= base.num_archs:
         raise ConfigError(f"--archs must be in 1..{base.num_archs} (the protocol's architectures), got {archs}")
     if not stacks or any(s < 2 for s in stacks):
         raise ConfigError(f"--stacks must list sizes of at least 2 (1, one by one, is always run), got {stacks}")
     device = default_device()
-    data = prepare_data(load_dataset(dataset, data_root), base)
+    original = load_dataset(dataset, data_root)
+    data = prepare_data(original, base)
     x, y = data.normalized("train"), data.y_train
     if not truth:
         pick = class_subset(y, base.ipc, data.num_classes, seed=0)
@@ -84,9 +96,17 @@ def run(protocol_name: str, archs: int, stacks: list[int], truth: bool, dataset:
         rows.append({"stack": 1, "threads": 1, "seconds": seconds, "max_difference": max_difference(params, reference)})
     for row in rows:
         row.update(networks=len(jobs), seconds_per_network=row["seconds"] / len(jobs), speedup=rows[0]["seconds"] / row["seconds"])
+    per_step = min(row["seconds_per_network"] for row in rows) / max(epochs * math.ceil(len(y) / base.batch_size), 1)
+    preset_epochs = preset.epochs if truth else preset.epochs_on_proxy
+    preset_seeds = preset.seeds if truth else preset.seeds_on_proxy
+    preset_images = len(prepare_data(original, preset).y_train) if truth else preset.ipc * data.num_classes
+    preset_steps = preset.num_archs * len(preset_seeds) * preset_epochs * math.ceil(preset_images / preset.batch_size)
     return {"protocol_name": protocol_name, "protocol": base.as_dict(), "dataset": dataset, "truth": truth,
             "architectures": archs, "seeds": list(seeds), "epochs": epochs, "train_images": len(y), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "rows": rows}
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "rows": rows,
+            "preset_estimate": {"architectures": preset.num_archs, "seeds": len(preset_seeds), "epochs": preset_epochs,
+                                "train_images": preset_images, "network_steps": preset_steps,
+                                "seconds_per_network_step": per_step, "seconds": preset_steps * per_step}}
 
 
 COLUMNS = [("stack", "stack", ""), ("threads", "threads", ""), ("networks", "networks", ""), ("seconds", "s", ".1f"),
@@ -97,12 +117,18 @@ COLUMNS = [("stack", "stack", ""), ("threads", "threads", ""), ("networks", "net
 def to_markdown(result: dict) -> str:
     """The markdown report of a run (from its JSON alone)."""
     what = "the ground truth's training" if result["truth"] else "proxy training"
+    whole = "whole ground truth" if result["truth"] else "training of every architecture on one proxy"
+    est = result["preset_estimate"]
     return "\n".join([
         *report_header(f"Stacked training of NAS-Bench-201 networks ({result['protocol_name']} protocol)", result),
         f"Device: {result['device']} ({result['device_name']}).", "",
         f"{result['architectures']} architectures × seeds {result['seeds']} in {what}: {result['train_images']} "
         f"{result['dataset']} training images, {result['epochs']} epochs.", "",
         markdown_table(result["rows"], COLUMNS), "",
+        f"At the fastest row's {1000 * est['seconds_per_network_step']:.2f} ms per network and SGD step, the "
+        f"'{result['protocol_name']}' preset's {whole} ({est['architectures']} architectures × {est['seeds']} seeds × "
+        f"{est['epochs']} epochs on {est['train_images']:,} images = {est['network_steps']:,} network-steps) would take about "
+        f"{est['seconds'] / 3600:.2f} h on this device (an extrapolation, not a measurement).", "",
         "stack: networks trained at once as one vmapped model (1: one by one); threads: torch threads (on a CPU, the "
         "last row is one-by-one training on one thread: how far rounding in another order alone moves the networks); "
         "speed-up: the first row's time over this row's, measured in the same run; max |Δθ|: the largest difference of "
@@ -119,8 +145,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--name", default=None, help="results name (default image_stack_<protocol>)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    add_protocol_options_argument(parser)
     args = parser.parse_args(argv)
-    result = run(args.protocol, args.archs, args.stacks, args.truth, args.dataset, args.data_root)
+    result = run(args.protocol, args.archs, args.stacks, args.truth, args.dataset, args.data_root, args.protocol_options)
     result.update(command=command_line(__file__, argv), machine=machine_info(), versions=package_versions(),
                   torch_threads=torch.get_num_threads())
     write_report(args.out_dir, args.name or f"image_stack_{args.protocol}", result, to_markdown(result))

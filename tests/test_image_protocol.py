@@ -348,7 +348,18 @@ def test_stack_bench_times_stacks_against_one_by_one_training(tmp_path):
     assert all(r["networks"] == 2 and r["seconds"] > 0 for r in result["rows"]) and result["rows"][0]["speedup"] == 1
     assert all(r["max_difference"] < 1e-4 for r in result["rows"])  # the same training, rounded in another order
     assert "| stack |" in (tmp_path / "out" / "image_stack_smoke.md").read_text()
-    for bad, message in ((["--stacks", "1"], "at least 2"), (["--stacks", "2", "--archs", "0"], "--archs")):
+    # two epochs on fewer images timed; the preset's whole ground truth extrapolated per SGD step: smoke trains 3 archs x
+    # 1 seed x 1 epoch on 20 images per class (2,000 images, 32 batches of 64), this run 2 epochs on 5 per class (8 batches)
+    truth = bench.main([*args, "--stacks", "2", "--truth", "--out-dir", str(tmp_path / "out"), "--name", "truth",
+                        "--protocol-options", '{"epochs": 2, "seeds": [0, 1], "train_subset": 5}'])
+    assert truth["epochs"] == 2 and truth["seeds"] == [0, 1] and truth["train_images"] == 500
+    est = truth["preset_estimate"]
+    per_step = min(r["seconds_per_network"] for r in truth["rows"]) / (2 * 8)
+    assert est["train_images"] == 2000 and est["network_steps"] == 3 * 32
+    assert est["seconds_per_network_step"] == pytest.approx(per_step) and est["seconds"] == pytest.approx(3 * 32 * per_step)
+    assert "3 architectures × 1 seeds × 1 epochs on 2,000 images" in (tmp_path / "out" / "truth.md").read_text()
+    for bad, message in ((["--stacks", "1"], "at least 2"), (["--stacks", "2", "--archs", "0"], "--archs"),
+                         (["--stacks", "2", "--protocol-options", '{"epoch": 1}'], "unknown image protocol field")):
         with pytest.raises(ConfigError, match=message):
             bench.main([*args, *bad, "--out-dir", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
