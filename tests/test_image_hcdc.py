@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.func import grad
 
-from hcdc.artifacts import load_proxy, save_proxy
+from hcdc.artifacts import Proxy, load_proxy, save_proxy
 from hcdc.data.image import ImageData
 from hcdc.errors import ConfigError, DataError
 from hcdc.hypergrad import hypergradient, minimize_lbfgs
@@ -29,6 +29,7 @@ from hcdc.image.calibrate import (
     validation_loss,
 )
 from hcdc.image.condensers import IMAGE_CONDENSERS, HCDCCondenser, make_image_condenser, val_per_class
+from hcdc.image.condensers.hcdc import validation_shift
 from hcdc.image.space import EXAMPLE, Architecture, NB201Network, load_architectures, sample_architectures
 
 from image_toys import toy_images
@@ -138,6 +139,16 @@ def test_proxy_is_valid_with_the_train_methods_training_set_and_a_learned_valida
     assert meta["config"]["train_options"] == DC_TINY
     save_proxy(proxy, tmp_path / "hcdc")
     assert torch.equal(load_proxy(tmp_path / "hcdc").tensors["x"], proxy.tensors["x"])
+    # how far S_val moved from its start, relative: zero at the start, none for a proxy without a learned S_val
+    learned = proxy.tensors["x"][~mask]
+    assert validation_shift(proxy, data) == pytest.approx(float((learned - start).norm() / start.norm()))
+    assert 0 < validation_shift(proxy, data) < 1
+    x = proxy.tensors["x"].clone()
+    x[~mask] = start
+    assert validation_shift(Proxy(proxy.kind, {**proxy.tensors, "x": x}, proxy.meta), data) == 0
+    assert validation_shift(dc, data) is None
+    with pytest.raises(ConfigError, match="do not match the data"):
+        validation_shift(proxy, toy_images(size=4))
 
 
 def test_proxy_is_deterministic_under_a_seed(proxies):

@@ -184,5 +184,22 @@ class HCDCCondenser(ImageCondenser):
         return store.finish(self._proxy(data, ipc, seed, result, cal.x_val, y_val, {"val_source": val}))
 
 
+def validation_shift(proxy: Proxy, data: ImageData) -> float | None:
+    """How far calibration moved an HCDC proxy's validation images from their start: ‖S_val − S_0‖ / ‖S_0‖.
+
+    S_0 is the real validation images of ``data`` (prepared as for the proxy) at the proxy's ``val_source``, in
+    normalised units; None for a proxy of another method or whose S_val started from noise (``val_init="noise"``).
+    """
+    if proxy.meta.get("method") != "hcdc" or proxy.meta.get("config", {}).get("val_init") != "real":
+        return None
+    t = proxy.tensors
+    learned = t["x"][t["val_mask"]].float()
+    start = data.normalized("val")[t["val_source"]].float()
+    if learned.shape != start.shape:
+        raise ConfigError(f"the HCDC proxy's validation images {list(learned.shape)} do not match the data it names "
+                          f"as their start {list(start.shape)}: evaluate it on the data (and protocol) it was made from")
+    return float((learned - start).norm() / start.norm())
+
+
 def _not_a_string(value) -> str:
     raise ConfigError(f"image condenser 'hcdc' option 'architectures' must list NAS-Bench-201 strings, got {value!r}")
