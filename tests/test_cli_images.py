@@ -40,6 +40,16 @@ def _run(capsys, *argv):
     return code, out.out, out.err
 
 
+def test_evaluate_reports_how_far_hcdc_moved_its_validation_images(tmp_path, capsys):
+    images = _image_file(tmp_path / "blobs.npz")
+    code, _, _ = _run(capsys, "condense", "--image-file", images, "--method", "hcdc", "--protocol", "smoke", "--ipc", 3,
+                      "--out", tmp_path / "hcdc")
+    assert code == 0
+    code, out, _ = _run(capsys, "evaluate", tmp_path / "hcdc", "--plot", tmp_path / "hcdc.png")
+    shift = json.loads((tmp_path / "hcdc.json").read_text())["results"]["val_shift"]
+    assert code == 0 and 0 < shift < 1 and f"S_val shift {shift:.3f}" in out
+
+
 def test_condense_evaluate_and_search_an_image_file(tmp_path, capsys):
     images = _image_file(tmp_path / "blobs.npz")
     proxy_dir = tmp_path / "dc"
@@ -61,6 +71,7 @@ def test_condense_evaluate_and_search_an_image_file(tmp_path, capsys):
     truth = image_ground_truth(view, SMOKE.architectures(), SMOKE.with_(ipc=3), progress=False)
     assert record["results"]["true_val_acc"] == truth.val_acc.tolist()  # the same (cached) ground truth
     assert len(record["results"]["score"]) == 3 and (tmp_path / "dc.png").stat().st_size > 0
+    assert record["results"]["val_shift"] is None and "S_val shift" not in out  # DC's validation part is not learned
 
     code, out, _ = _run(capsys, "search", proxy_dir, "--trials", 5, "--finalists", 2, "--out", tmp_path / "s1")
     assert code == 0 and "best architecture(s) trained on blobs" in out

@@ -214,6 +214,8 @@ def _report_evaluation(args: argparse.Namespace, proxy, heading: str, record: di
     print(heading)
     print(f"  Spearman {r['spearman']:.3f}  Kendall {r['kendall']:.3f}  top-5 {r['top_k']:.2f}  "
           f"regret {100 * r['regret']:.2f} pts  Perf {100 * r['perf']:.1f} (oracle {100 * r['oracle_perf']:.1f})")
+    if r.get("val_shift") is not None:
+        print(f"  S_val shift {r['val_shift']:.3f} (how far calibration moved the validation images from their real start)")
     plot = args.plot or Path(f"{args.directory}-scores.png")
     plot_scores(true_acc, proxy_values, r, plot, title=f"{proxy.meta['method']} on {proxy.meta['dataset']}", ylabel=ylabel)
     atomic_write_json(plot.with_suffix(".json"), record)
@@ -222,6 +224,7 @@ def _report_evaluation(args: argparse.Namespace, proxy, heading: str, record: di
 
 
 def _evaluate_images(args: argparse.Namespace, proxy) -> int:
+    from .image.condensers.hcdc import validation_shift
     from .image.protocol import default_device, evaluate_image_proxy, image_ground_truth
     from .runinfo import run_record
 
@@ -236,7 +239,8 @@ def _evaluate_images(args: argparse.Namespace, proxy) -> int:
     record = run_record({"proxy": str(args.directory), "protocol": protocol.as_dict(), "device": str(device)}, None,
                         {"ground_truth": truth.seconds, "proxy_training": ev.seconds})
     record["results"] = {**ev.row(), **ev.scores(), "architectures": [a.to_str() for a in archs],
-                         "true_val_acc": truth.val_acc.tolist(), "true_test_acc": truth.test_acc.tolist()}
+                         "true_val_acc": truth.val_acc.tolist(), "true_test_acc": truth.test_acc.tolist(),
+                         "val_shift": validation_shift(proxy, view)}
     heading = (f"{proxy.meta['method']} on {proxy.meta['dataset']} ({proxy.meta['images_per_class']} images per class), "
                f"{len(archs)} NAS-Bench-201 architectures:")
     return _report_evaluation(args, proxy, heading, record, truth.val_acc, ev.proxy_acc, "proxy validation accuracy")
