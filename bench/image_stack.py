@@ -99,7 +99,8 @@ def run(protocol_name: str, archs: int, stacks: list[int], truth: bool, dataset:
     per_step = min(row["seconds_per_network"] for row in rows) / max(epochs * math.ceil(len(y) / base.batch_size), 1)
     preset_epochs = preset.epochs if truth else preset.epochs_on_proxy
     preset_seeds = preset.seeds if truth else preset.seeds_on_proxy
-    preset_images = len(prepare_data(original, preset).y_train) if truth else preset.ipc * data.num_classes
+    preset_images = (len(class_subset(original.y_train, preset.train_subset, data.num_classes, seed=0)) if truth
+                     else preset.ipc * data.num_classes)  # the preset's training images, as prepare_data picks them
     preset_steps = preset.num_archs * len(preset_seeds) * preset_epochs * math.ceil(preset_images / preset.batch_size)
     return {"protocol_name": protocol_name, "protocol": base.as_dict(), "dataset": dataset, "truth": truth,
             "architectures": archs, "seeds": list(seeds), "epochs": epochs, "train_images": len(y), "device": str(device),

@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 
 from hcdc.data.image import ImageData
+from hcdc.image.space import Architecture
+
+NONE = Architecture((0,) * 6)  # degenerate: no path from input to output, the network predicts a constant
+CONV = Architecture.parse("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|")
+CONV2 = Architecture.parse("|nor_conv_1x1~0|+|avg_pool_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|skip_connect~1|none~2|")
 
 
 def toy_images(classes: int = 3, train: int = 30, val: int = 10, size: int = 8, seed: int = 0) -> ImageData:

@@ -13,17 +13,13 @@ import pytest
 import torch
 
 from hcdc.image.protocol import ImageProtocol, image_ground_truth, score_architecture, train_architecture, train_networks
-from hcdc.image.space import Architecture
-from image_toys import toy_images
+from image_toys import CONV, CONV2, NONE, toy_images
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 CUDA = "cuda"
 FP32 = ImageProtocol(C=4, N=1, epochs=6, batch_size=16, seeds=(0,), num_archs=3, ipc=4)
 GPU = FP32.with_(amp=True, channels_last=True)  # the full protocol's tricks
-NONE = Architecture((0,) * 6)  # no path from input to output: a constant network
-CONV = Architecture.parse("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|")
-CONV2 = Architecture.parse("|nor_conv_1x1~0|+|avg_pool_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|skip_connect~1|none~2|")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,10 @@ from hcdc.image.protocol import (PROTOCOLS, ImageProtocol, evaluate_image_proxy,
 from hcdc.image.space import Architecture
 from hcdc.metrics import seed_agreement
 from conftest import load_bench
-from image_toys import toy_images
+from image_toys import CONV, CONV2, NONE, toy_images
 from test_data_image import _py2_pickle  # the official batches' Python 2 pickling
 
 TINY = ImageProtocol(C=4, N=1, epochs=4, proxy_epochs=15, batch_size=16, seeds=(0,), num_archs=3, ipc=4)
-NONE = Architecture((0,) * 6)  # degenerate: no path from input to output, the network predicts a constant
-CONV = Architecture.parse("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|")
-CONV2 = Architecture.parse("|nor_conv_1x1~0|+|avg_pool_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|skip_connect~1|none~2|")
 
 
 @pytest.fixture(autouse=True)
