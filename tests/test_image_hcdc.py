@@ -89,6 +89,9 @@ def proxies(data):
         ({"val_per_class": 0}, "integer >= 1"),
         ({"lr_val": 0}, "positive number"),
         ({"warmup": 10, "train_steps": 5}, "exceeds train_steps"),
+        ({"candidates_from": "test"}, r"one of \['held_out', 'evaluation'\]"),
+        ({"candidates_from": "evaluation", "candidates": 101}, "first 'candidates' of the 100 evaluation"),
+        ({"candidates_from": "evaluation", "architectures": [EXAMPLE]}, "'candidates_from' must stay 'held_out'"),
     ],
 )
 def test_registered_and_bad_options_are_config_errors(options, message):
@@ -110,6 +113,11 @@ def test_candidates_are_seeded_and_held_out_from_the_evaluation_architectures():
     first, again, other = h.candidates(0), h.candidates(0), h.candidates(1)
     assert first == again and first != other and len(set(first)) == 30
     assert not set(first) & set(load_architectures())
+
+
+def test_candidates_from_the_evaluation_list_are_its_first_ones_whatever_the_seed():
+    h = make_image_condenser("hcdc", candidates=25, candidates_from="evaluation")
+    assert h.candidates(0) == h.candidates(1) == load_architectures()[:25]
 
 
 # --------------------------------------------------------------------------- the proxy

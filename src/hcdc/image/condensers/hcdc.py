@@ -13,7 +13,10 @@ Trajectories start from ``candidates`` architectures drawn with the seed's own s
 cells **not** in the committed list of 100 evaluation architectures
 (:func:`hcdc.image.space.load_architectures`) and with a path from input to output, so the
 ranking is measured on architectures held out from condensation; ``architectures`` (a list of
-NAS-Bench-201 strings) replaces the draw. The proxy's ``val_source`` holds the positions of the
+NAS-Bench-201 strings) replaces the draw. ``candidates_from="evaluation"`` starts them instead from the first
+``candidates`` architectures of that list, the ones a table ranks: the paper's setting, where Algorithm 1's
+candidates are the search space being ranked (transductive: condensation then has seen hypergradients of
+the very architectures it is judged on, on the real data). The proxy's ``val_source`` holds the positions of the
 real validation images S_val started from (their labels are S_val's, also with ``val_init="noise"``);
 the metadata adds ``train_method``, ``train_meta`` (that method's metadata and timings),
 ``alignment_history`` (1 − cos per S_val step), ``alignment_points``, ``alignment_skipped``,
@@ -64,7 +67,8 @@ class HCDCCondenser(ImageCondenser):
       (16, 1, instance norm: the paper's search network; pass the evaluation protocol's width);
     - ``val_init`` (``real``/``noise``), ``val_per_class`` (None: the baselines' rule);
     - ``train_method`` and ``train_options`` (a dict for that condenser); ``architectures``
-      (None: sample ``candidates``; else a list of NAS-Bench-201 strings).
+      (None: ``candidates`` architectures, drawn outside the evaluation list or, with ``candidates_from``
+      ``"evaluation"``, its first ones; else a list of NAS-Bench-201 strings).
 
     Cost (measured once, one thread of a 2-core machine shared with another job): at C=8, N=1,
     ten classes of 16x16 images, ipc 10 and 20 validation images, one trajectory with the defaults
@@ -82,6 +86,7 @@ class HCDCCondenser(ImageCondenser):
         "val_init": "real",
         "val_per_class": None,
         "train_method": "dc",
+        "candidates_from": "held_out",
     }
     structured_defaults: ClassVar[dict] = {
         "real_theta": True,
@@ -90,7 +95,8 @@ class HCDCCondenser(ImageCondenser):
         "train_options": {},
         "architectures": None,
     }
-    choices: ClassVar[dict[str, tuple]] = {"val_init": ("real", "noise"), "projection": ("simplex", "clip")}
+    choices: ClassVar[dict[str, tuple]] = {"val_init": ("real", "noise"), "projection": ("simplex", "clip"),
+                                           "candidates_from": ("held_out", "evaluation")}
     minimum: ClassVar[dict[str, int]] = {"repeats": 1, "warmup": 1, "neumann_terms": 0, "real_batches": 1,
                                          "val_steps": 0, "power_iterations": 1}
 
@@ -110,6 +116,9 @@ class HCDCCondenser(ImageCondenser):
         if method == self.name or method not in IMAGE_CONDENSERS:
             known = ", ".join(sorted(set(IMAGE_CONDENSERS) - {self.name}))
             raise ConfigError(f"image condenser 'hcdc' option 'train_method' must be one of: {known} (got {method!r})")
+        if o["candidates_from"] == "evaluation" and o["candidates"] > len(load_architectures()):
+            raise ConfigError(f"image condenser 'hcdc': candidates_from 'evaluation' takes the first 'candidates' of the "
+                              f"{len(load_architectures())} evaluation architectures, got candidates={o['candidates']}")
         if o["warmup"] > o["train_steps"]:
             raise ConfigError(f"image condenser 'hcdc': warmup ({o['warmup']}) exceeds train_steps ({o['train_steps']}), so no point would be aligned")
 
@@ -127,6 +136,9 @@ class HCDCCondenser(ImageCondenser):
             raise ConfigError(f"{where} 'train_options' must be a dict of options for {self.options['train_method']!r}, "
                               f"got {values['train_options']!r}")
         values["train_options"] = dict(values["train_options"])
+        if values["architectures"] is not None and self.options["candidates_from"] != "held_out":
+            raise ConfigError(f"{where} 'architectures' names the candidates itself, so 'candidates_from' must stay "
+                              f"'held_out', got {self.options['candidates_from']!r}")
         make_image_condenser(self.options["train_method"], **values["train_options"])  # ConfigError if they do not fit
         archs = values["architectures"]
         if archs is not None:
@@ -140,11 +152,15 @@ class HCDCCondenser(ImageCondenser):
         return make_image_condenser(self.options["train_method"], **self.options["train_options"])
 
     def candidates(self, seed: int) -> list[Architecture]:
-        """The trajectories' starting architectures: the given list, or a seeded draw outside the evaluation list."""
-        if self.options["architectures"] is not None:
-            return [Architecture.parse(a) for a in self.options["architectures"]]
-        exclude = set(load_architectures())
-        return sample_candidates(self.options["candidates"], seeded_generator(seed, CANDIDATE_STREAM), exclude)
+        """The trajectories' starting architectures: the given list, the first ``candidates`` evaluation architectures
+        (``candidates_from="evaluation"``), or a seeded draw outside the evaluation list (the default)."""
+        o = self.options
+        if o["architectures"] is not None:
+            return [Architecture.parse(a) for a in o["architectures"]]
+        evaluation = load_architectures()
+        if o["candidates_from"] == "evaluation":
+            return evaluation[: o["candidates"]]
+        return sample_candidates(o["candidates"], seeded_generator(seed, CANDIDATE_STREAM), set(evaluation))
 
     def condense(self, data: ImageData, ipc: int, seed: int, progress: bool = False,
                  checkpoints: str | Path | None = None) -> Proxy:
