@@ -230,6 +230,10 @@ def test_fitting_the_validation_set_lowers_the_alignment_loss(data):
     assert len(points) == len(online) == 2 and skipped == 0
     train_s = full_batch_train_loss(net, *s_train, config.weight_decay)
     before = float(alignment_loss(points, train_s, validation_loss(net, x_val, y_val), 3, "simplex").detach())
+    batched = torch.autograd.grad(alignment_loss(points, train_s, validation_loss(net, x_val, y_val), 3, "simplex"), x_val)[0]
+    fit_validation(torch.optim.SGD([x_val], lr=0.0), points, train_s, lambda: validation_loss(net, x_val, y_val), config, 1,
+                   len(points), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(x_val.grad, batched)  # backpropagated one point at a time: the mean's gradient
     history = fit_validation(torch.optim.Adam([x_val], lr=1e-3), points, train_s, lambda: validation_loss(net, x_val, y_val),
                              config, 15, len(points), g)
     after = float(alignment_loss(points, train_s, validation_loss(net, x_val, y_val), 3, "simplex").detach())

@@ -248,16 +248,22 @@ def fit_validation(opt: torch.optim.Optimizer, points: list[AlignmentPoint], tra
                    config: CalibrationConfig, steps: int, batch: int, g: torch.Generator) -> list[float]:
     """Algorithm 1, line 7, on recorded points: ``steps`` optimiser steps on S_val, each on ``batch`` random points.
 
-    ``make_val_loss()`` gives S_val's validation loss for one step (a fresh augmentation, if any).
+    ``make_val_loss()`` gives S_val's validation loss for one step (a fresh augmentation, if any). The mean over
+    the points is backpropagated one point at a time (its gradient is the sum of theirs), so only one point's
+    double-backward graph is alive at once: all eight at once took over 12 GB at the ``cpu`` protocol's scale.
     """
     history = []
     for _ in range(steps):
         pick = torch.randperm(len(points), generator=g)[:batch].tolist()
-        loss = alignment_loss([points[j] for j in pick], train_loss, make_val_loss(), config.neumann_terms, config.projection)
+        val_loss = make_val_loss()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        for i, j in enumerate(pick):
+            term = alignment_loss([points[j]], train_loss, val_loss, config.neumann_terms, config.projection) / len(pick)
+            term.backward(retain_graph=i < len(pick) - 1)  # val_loss's own graph (an augmentation) is shared
+            loss += float(term.detach())
         opt.step()
-        history.append(float(loss.detach()))
+        history.append(loss)
     return history
 
 
