@@ -250,7 +250,8 @@ def fit_validation(opt: torch.optim.Optimizer, points: list[AlignmentPoint], tra
 
     ``make_val_loss()`` gives S_val's validation loss for one step (a fresh augmentation, if any). The mean over
     the points is backpropagated one point at a time (its gradient is the sum of theirs), so only one point's
-    double-backward graph is alive at once: all eight at once took over 12 GB at the ``cpu`` protocol's scale.
+    double-backward graph is alive at once (eight at once grew one process past 12 GB at the ``cpu`` protocol's
+    scale with ``val_steps=10``, and a second job beside it was killed for memory).
     """
     history = []
     for _ in range(steps):

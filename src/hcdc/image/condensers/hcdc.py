@@ -116,9 +116,10 @@ class HCDCCondenser(ImageCondenser):
         if method == self.name or method not in IMAGE_CONDENSERS:
             known = ", ".join(sorted(set(IMAGE_CONDENSERS) - {self.name}))
             raise ConfigError(f"image condenser 'hcdc' option 'train_method' must be one of: {known} (got {method!r})")
-        if o["candidates_from"] == "evaluation" and o["candidates"] > len(load_architectures()):
+        listed = len(load_architectures())
+        if o["candidates_from"] == "evaluation" and o["candidates"] > listed:
             raise ConfigError(f"image condenser 'hcdc': candidates_from 'evaluation' takes the first 'candidates' of the "
-                              f"{len(load_architectures())} evaluation architectures, got candidates={o['candidates']}")
+                              f"{listed} evaluation architectures, got candidates={o['candidates']}")
         if o["warmup"] > o["train_steps"]:
             raise ConfigError(f"image condenser 'hcdc': warmup ({o['warmup']}) exceeds train_steps ({o['train_steps']}), so no point would be aligned")
 
