@@ -31,6 +31,11 @@ ground truth's, ``--protocol-options`` on proxy fields such as ``proxy_epochs`` 
 
 Condensation options per protocol come from :mod:`hcdc.image.recipes` (each method's own recipe for
 ``full``, cut iteration counts for ``cpu``, tiny ones for ``smoke``); ``--options METHOD=JSON`` overrides.
+
+Tables made at other condensation seeds pool into one (:func:`merge`), e.g. the ``cpu`` table's seeds 0 1 and
+a ``--seeds 2 3`` run's:
+
+    python bench/image_table.py --merge image_table_cpu image_table_cpu_s23 --name image_table_cpu_s0123
 """
 
 from __future__ import annotations
@@ -209,44 +214,122 @@ def cached_evaluation(proxy, proxy_key: str, view, archs, protocol, truth, devic
 
 
 def run_method(view, fingerprint, archs, protocol, truth, method, ipc, seeds, options, device, dataset) -> dict:
-    per_seed, condense_s, eval_s, stages, dirs, alignment, shifts = [], [], [], [], [], [], []
-    meta = None
+    """Condense and evaluate ``method`` at each condensation seed (or load both from the cache): its table row."""
+    entries = []
     for seed in seeds:
         proxy, seconds, key, cached, path = cached_proxy(view, fingerprint, method, ipc, seed, options)
         start = time.perf_counter()
         record = cached_evaluation(proxy, key, view, archs, protocol, truth, device)
-        eval_s.append(time.perf_counter() - start)
-        condense_s.append(seconds)
-        stages.append(proxy.meta["timings"])
-        if "alignment_history" in proxy.meta:  # HCDC: 1 − cos(g_T, g_S) per S_val step
-            alignment.append(proxy.meta["alignment_history"])
-        shifts.append(validation_shift(proxy, view))
-        dirs.append(str(path))
         meta = proxy.meta
-        per_seed.append({"seed": seed, "cached_proxy": cached, **record})
-    sp, kd, pf = (mean_std([r[k] for r in per_seed]) for k in ("spearman", "kendall", "perf"))
+        entries.append({
+            **{k: record[k] for k in SEED_FIELDS}, "seed": seed, "cached_proxy": cached,
+            "oracle_perf": record["oracle_perf"], "score": record["score"], "val_acc": record["val_acc"],
+            "val_loss": record["val_loss"], "pick": record["pick"], "eval_seconds": record["seconds"],
+            "eval_wall_seconds": time.perf_counter() - start, "condense_seconds": seconds,
+            "stage_seconds": meta["timings"], "proxy_dir": str(path),
+            "alignment": meta.get("alignment_history"),  # HCDC: 1 − cos(g_T, g_S) per S_val step
+            "val_shift": validation_shift(proxy, view),
+            **{k: meta[k] for k in ("train_images", "val_images", "fraction_of_training_set")}})
+    return row_from_seeds(method, ipc, options, dataset, entries)
+
+
+# what a row keeps of each condensation seed's evaluation (its ``per_seed`` list)
+SEED_FIELDS = ("spearman", "kendall", "spearman_acc", "spearman_loss", "top_k", "regret", "perf")
+
+
+def row_from_seeds(method: str, ipc: int, options: dict, dataset: str, entries: list[dict]) -> dict:
+    """A table row from one entry per condensation seed (as :func:`run_method` makes them and
+    :func:`seed_entries` recovers them from a row): per-seed lists, and means ± std over the seeds."""
+    sp, kd, pf = (mean_std([e[k] for e in entries]) for k in ("spearman", "kendall", "perf"))
+    mean = lambda key: statistics.fmean(e[key] for e in entries)  # noqa: E731
+    alignment = [e["alignment"] for e in entries if e["alignment"] is not None]
+    shifts = [e["val_shift"] for e in entries]
     paper = PAPER.get(dataset, {}).get(method, (None, None))
+    first = entries[0]
     return {
-        "method": method, "ipc": ipc, "condense_seeds": list(seeds), "options": options,
-        "train_images": meta["train_images"], "val_images": meta["val_images"],
-        "fraction_of_training_set": meta["fraction_of_training_set"],
+        "method": method, "ipc": ipc, "condense_seeds": [e["seed"] for e in entries], "options": options,
+        **{k: first[k] for k in ("train_images", "val_images", "fraction_of_training_set")},
         "spearman_mean": sp[0], "spearman_std": sp[1], "kendall_mean": kd[0], "kendall_std": kd[1],
-        "spearman_acc_mean": statistics.fmean(r["spearman_acc"] for r in per_seed),
-        "spearman_loss_mean": statistics.fmean(r["spearman_loss"] for r in per_seed),
-        "top5_mean": statistics.fmean(r["top_k"] for r in per_seed),
-        "regret_mean": statistics.fmean(r["regret"] for r in per_seed),
-        "perf_mean": pf[0], "perf_std": pf[1], "oracle_perf": per_seed[0]["oracle_perf"],
-        "condense_seconds": statistics.fmean(condense_s),
-        "condense_stage_seconds": {k: statistics.fmean(s.get(k, 0.0) for s in stages) for k in stages[0]},
-        "eval_seconds": statistics.fmean(r["seconds"] for r in per_seed), "eval_wall_seconds": statistics.fmean(eval_s),
-        "scores": [r["score"] for r in per_seed], "proxy_val_acc": [r["val_acc"] for r in per_seed],
-        "proxy_val_loss": [r["val_loss"] for r in per_seed], "picks": [r["pick"] for r in per_seed],
-        "per_seed": [{k: r[k] for k in ("seed", "spearman", "kendall", "spearman_acc", "spearman_loss", "top_k",
-                                        "regret", "perf", "cached_proxy")} for r in per_seed],
-        "proxy_dirs": dirs, "alignment_history": alignment,
+        "spearman_acc_mean": mean("spearman_acc"), "spearman_loss_mean": mean("spearman_loss"),
+        "top5_mean": mean("top_k"), "regret_mean": mean("regret"),
+        "perf_mean": pf[0], "perf_std": pf[1], "oracle_perf": first["oracle_perf"],
+        "condense_seconds": mean("condense_seconds"),
+        "condense_stage_seconds": {k: statistics.fmean(e["stage_seconds"].get(k, 0.0) for e in entries)
+                                   for k in first["stage_seconds"]},
+        "eval_seconds": mean("eval_seconds"), "eval_wall_seconds": mean("eval_wall_seconds"),
+        "scores": [e["score"] for e in entries], "proxy_val_acc": [e["val_acc"] for e in entries],
+        "proxy_val_loss": [e["val_loss"] for e in entries], "picks": [e["pick"] for e in entries],
+        "per_seed": [{k: e[k] for k in ("seed", *SEED_FIELDS, "cached_proxy")} for e in entries],
+        "proxy_dirs": [e["proxy_dir"] for e in entries], "alignment_history": alignment,
         "alignment_mean": statistics.fmean(v for h in alignment for v in h) if any(alignment) else None,
         "val_shift": shifts, "val_shift_mean": statistics.fmean(shifts) if None not in shifts else None,
         "paper_spearman": paper[0], "paper_perf": paper[1],
+    }
+
+
+def seed_entries(row: dict) -> list[dict]:
+    """The per-seed entries of a results file's row (:func:`row_from_seeds` inverted). Timings are kept only as
+    the row's means, so each seed gets those; rows written before ``val_shift`` was recorded get None."""
+    n = len(row["per_seed"])
+    alignment = row["alignment_history"] if len(row["alignment_history"]) == n else [None] * n
+    return [{**row["per_seed"][i], "oracle_perf": row["oracle_perf"], "score": row["scores"][i],
+             "val_acc": row["proxy_val_acc"][i], "val_loss": row["proxy_val_loss"][i], "pick": row["picks"][i],
+             "eval_seconds": row["eval_seconds"], "eval_wall_seconds": row["eval_wall_seconds"],
+             "condense_seconds": row["condense_seconds"], "stage_seconds": row["condense_stage_seconds"],
+             "proxy_dir": row["proxy_dirs"][i], "alignment": alignment[i],
+             "val_shift": row.get("val_shift", [None] * n)[i],
+             **{k: row[k] for k in ("train_images", "val_images", "fraction_of_training_set")}} for i in range(n)]
+
+
+# what results files must share to be merged into one table (the protocol too, but for ``stack``)
+MERGE_KEYS = ("dataset", "protocol_name", "ipc", "data_fingerprint", "architectures", "true_val_acc")
+
+
+def merge(out_dir: Path, names: list[str], command: str) -> dict:
+    """One table from results files of the same protocol, data, architectures and ground truth made at
+    other condensation seeds (e.g. ``--seeds 0 1`` and ``--seeds 2 3``): for each method in all of them,
+    run with the same options, its per-seed results pooled and its means ± std taken over all the seeds.
+    ConfigError when a file is missing or they differ in any of that, or when a method repeats a seed."""
+    results = []
+    for name in names:
+        path = out_dir / f"{name}.json"
+        try:
+            results.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read results file {path}: {exc}") from None
+    base = results[0]
+    protocol = lambda r: {k: v for k, v in r["protocol"].items() if k != "stack"}  # noqa: E731
+    for name, other in zip(names[1:], results[1:]):
+        differ = [k for k in MERGE_KEYS if other.get(k) != base.get(k)] + (["protocol"] if protocol(other) != protocol(base) else [])
+        if differ:
+            raise ConfigError(f"cannot merge {name} into {names[0]}: they differ in {', '.join(differ)}")
+    methods = [m for m in base["methods"] if all(m in {row["method"] for row in r["rows"]} for r in results)]
+    if not methods:
+        raise ConfigError(f"no method is in all of {', '.join(names)}")
+    rows = []
+    for method in methods:
+        parts = [row for r in results for row in r["rows"] if row["method"] == method]
+        # an option a file lacks was added after it was made, with today's default (the behaviour before it)
+        defaults = make_image_condenser(method).options if method in IMAGE_CONDENSERS else {}
+        if any({**defaults, **row["options"]} != {**defaults, **parts[0]["options"]} for row in parts):
+            raise ConfigError(f"cannot merge method {method}: its options differ between {', '.join(names)}")
+        entries = sorted((e for row in parts for e in seed_entries(row)), key=lambda e: e["seed"])
+        seeds = [e["seed"] for e in entries]
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"cannot merge method {method}: condensation seeds repeat ({seeds})")
+        rows.append(row_from_seeds(method, base["ipc"], {**defaults, **parts[0]["options"]}, base["dataset"], entries))
+    same_jobs = all((r.get("jobs", 1), r.get("threads_per_job")) == (base.get("jobs", 1), base.get("threads_per_job"))
+                    for r in results)
+    merged = {k: v for k, v in base.items() if same_jobs or k not in ("jobs", "threads_per_job")}
+    return merged | {
+        "condense_seeds": rows[0]["condense_seeds"], "methods": methods, "rows": rows, "command": command,
+        "options": {m: rows[i]["options"] for i, m in enumerate(methods)},
+        "merged_from": [{"name": n, "command": r["command"], "condense_seeds": r["condense_seeds"],
+                         "jobs": r.get("jobs", 1), "threads_per_job": r.get("threads_per_job", r["torch_threads"])}
+                        for n, r in zip(names, results)],
+        "complete": all(r["complete"] for r in results),
+        "ground_truth_seconds": sum(r["ground_truth_seconds"] for r in results),
+        "total_seconds": sum(r["total_seconds"] for r in results),
     }
 
 
@@ -330,12 +413,16 @@ def to_markdown(result: dict) -> str:
     p = result["protocol"]
     res = f"{p['resolution']}×{p['resolution']}" if p["resolution"] else "native resolution"
     subset = lambda n: "all" if n is None else f"{n}/class"  # noqa: E731
+    wall = "the merged runs' wall times together" if "merged_from" in result else "this invocation's wall time"
     jobs = (f" ({result['jobs']} jobs side by side, {result['threads_per_job']} thread(s) each)"
             if result.get("jobs", 1) > 1 else "")
     parts = [
         f"# Image proxies: ranking of {len(result['architectures'])} NAS-Bench-201 architectures on {result['dataset']} "
         f"(protocol '{result['protocol_name']}')", "",
         f"Command: `{result['command']}`  ",
+        *(["Merged from (per-seed results pooled): " + "; ".join(
+            f"`{m['name']}.json` (condensation seeds {m['condense_seeds']}, `{m['command']}`)" for m in result["merged_from"])
+           + ".  "] if "merged_from" in result else []),
         f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} cores, "
         f"{result['machine']['torch_threads']} torch threads{jobs}{', ' + result['machine']['gpu'] if 'gpu' in result['machine'] else ''}"
         f"; device {result['device']}; torch {result['versions']['torch']}.  ",
@@ -348,7 +435,7 @@ def to_markdown(result: dict) -> str:
         f"Ground truth: {result['ground_truth_compute_seconds']:.0f} s of training (this run: "
         f"{result['ground_truth_seconds']:.0f} s); oracle Perf {result['oracle_perf']:.1%}; total compute "
         f"{compute_seconds(result):.0f} s = {compute_seconds(result) / 3600:.2f} h (ground truth + every proxy's "
-        f"condensation and evaluation; this invocation's wall time {result['total_seconds']:.0f} s)"
+        f"condensation and evaluation; {wall} {result['total_seconds']:.0f} s)"
         f"{'' if result['complete'] else ' (incomplete)'}.  ",
         (f"Ground truth's own reproducibility: Spearman between two training seeds {result['ground_truth_seed_spearman']:.2f}, "
          f"reliability of the seed mean {result['ground_truth_reliability']:.2f}, so no proxy can reach a Spearman much "
@@ -404,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--render", metavar="NAME", default=None,
                         help="only rewrite <out-dir>/NAME.md from NAME.json (after a change to the table's layout)")
+    parser.add_argument("--merge", nargs="+", metavar="NAME", default=None,
+                        help="only pool results files <out-dir>/NAME.json made at other condensation seeds into one "
+                             "table, written as --name (see merge())")
     return parser
 
 
@@ -455,6 +545,13 @@ def main(argv=None) -> dict:
     if args.render:
         return render(args.out_dir, args.render)
     command = command_line(__file__, argv)
+    if args.merge:
+        if len(args.merge) < 2 or args.name is None or args.name in args.merge:
+            raise ConfigError("--merge takes two or more results names and a new --name for the merged table")
+        result = merge(args.out_dir, args.merge, command)
+        write(result, args.out_dir, args.name)
+        print(to_markdown(result))
+        return result
     run = resolve(args)
     protocol: ImageProtocol = run["protocol"]
     device = default_device(args.device)

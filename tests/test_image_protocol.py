@@ -311,8 +311,9 @@ def test_bench_runs_on_a_cifar100_stand_in(tmp_path):
 def test_bench_jobs_make_the_same_table_side_by_side(tmp_path, monkeypatch):
     bench = load_bench("image_table")
     _write_cifar100(tmp_path / "data", per_class=120, test_per_class=1)
-    args = ["--smoke", "--dataset", "cifar100", "--data-root", str(tmp_path / "data"), "--methods", "random", "dc",
-            "--archs", "2", "--seeds", "0", "1", "--name", "t"]
+    common = ["--smoke", "--dataset", "cifar100", "--data-root", str(tmp_path / "data"), "--methods", "random", "dc",
+              "--archs", "2"]
+    args = [*common, "--seeds", "0", "1", "--name", "t"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the jobs get one thread each: the same sums, so the same numbers
     try:
@@ -327,6 +328,39 @@ def test_bench_jobs_make_the_same_table_side_by_side(tmp_path, monkeypatch):
     assert [r["condense_seeds"] for r in two["rows"]] == [[0, 1], [0, 1]]
     assert "2 jobs side by side" in (tmp_path / "two" / "t.md").read_text()
     assert not (tmp_path / "cache2" / "image_table_jobs" / "t").exists()  # the jobs' own files are gone
+    # tables of one seed each pool into the table of both seeds (every proxy and evaluation cached now)
+    out = tmp_path / "two"
+    for seed in ("0", "1"):
+        bench.main([*common, "--seeds", seed, "--name", f"s{seed}", "--out-dir", str(out)])
+    merged = bench.main(["--merge", "s1", "s0", "--name", "m", "--out-dir", str(out)])
+    assert merged["condense_seeds"] == [0, 1] and [r["method"] for r in merged["rows"]] == ["random", "dc"]
+    for key in ("scores", "picks", "per_seed", "spearman_mean", "spearman_std", "kendall_mean", "perf_mean", "perf_std",
+                "top5_mean", "spearman_loss_mean", "val_shift", "condense_seeds", "proxy_dirs"):
+        assert [r[key] for r in merged["rows"]] == [r[key] for r in two["rows"]], key
+    assert [m["name"] for m in merged["merged_from"]] == ["s1", "s0"]
+    assert "Merged from (per-seed results pooled): `s1.json` (condensation seeds [1]" in (out / "m.md").read_text()
+    # an option that a file lacks (added since) counts as its default; a differing one does not merge
+    older = json.loads((out / "s1.json").read_text())
+    dc = next(r for r in older["rows"] if r["method"] == "dc")
+    kept = {k: v for k, v in dc["options"].items() if v == make_image_condenser("dc").options[k]}
+    assert kept
+    dc["options"] = {k: v for k, v in dc["options"].items() if k not in kept}
+    (out / "older.json").write_text(json.dumps(older))
+    assert bench.main(["--merge", "s0", "older", "--name", "m2", "--out-dir", str(out)])["rows"] == merged["rows"]
+    dc["options"][next(iter(kept))] = "other"
+    (out / "older.json").write_text(json.dumps(older))
+    changed = json.loads((out / "s1.json").read_text())
+    changed["protocol"]["lr"] *= 2
+    (out / "lr.json").write_text(json.dumps(changed))
+    for bad, message in ((["s0", "t"], r"method random: condensation seeds repeat \(\[0, 0, 1\]\)"),
+                         (["s0", "lr"], "cannot merge lr into s0: they differ in protocol"),
+                         (["s0", "older"], "cannot merge method dc: its options differ between s0, older"),
+                         (["s0", "nope"], "cannot read results file"), (["s0"], "two or more results names")):
+        with pytest.raises(ConfigError, match=message):
+            bench.main(["--merge", *bad, "--name", "bad", "--out-dir", str(out)])
+    with pytest.raises(ConfigError, match="a new --name"):
+        bench.main(["--merge", "s0", "s1", "--name", "s0", "--out-dir", str(out)])
+    assert not (out / "bad.json").exists() and not (out / "bad.md").exists()
     with pytest.raises(ConfigError, match="--jobs must be at least 1"):
         bench.main([*args, "--jobs", "0", "--out-dir", str(tmp_path / "bad")])
     monkeypatch.setattr(bench.sys, "executable", "false")  # every job fails at once
