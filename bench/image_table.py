@@ -287,25 +287,18 @@ MERGE_KEYS = ("dataset", "protocol_name", "ipc", "data_fingerprint", "architectu
 
 def merge(out_dir: Path, names: list[str], command: str) -> dict:
     """One table from results files of the same protocol, data, architectures and ground truth made at
-    other condensation seeds (e.g. ``--seeds 0 1`` and ``--seeds 2 3``): for each method in all of them,
-    run with the same options, its per-seed results pooled and its means ± std taken over all the seeds.
-    ConfigError when a file is missing or they differ in any of that, or when a method repeats a seed."""
-    results = []
-    for name in names:
-        path = out_dir / f"{name}.json"
-        try:
-            results.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read results file {path}: {exc}") from None
+    other condensation seeds (``--seeds 0 1`` and ``--seeds 2 3``) or for other methods (``--methods kip``
+    and ``--methods dc``): each method's rows, run with the same options, pooled over the files that have
+    it, its means ± std taken over all its seeds. ConfigError when a file is missing or they differ in any of
+    that, when a method repeats a seed, or when the methods would end with different seeds."""
+    results = [read_results(out_dir, name) for name in names]
     base = results[0]
     protocol = lambda r: {k: v for k, v in r["protocol"].items() if k != "stack"}  # noqa: E731
     for name, other in zip(names[1:], results[1:]):
         differ = [k for k in MERGE_KEYS if other.get(k) != base.get(k)] + (["protocol"] if protocol(other) != protocol(base) else [])
         if differ:
             raise ConfigError(f"cannot merge {name} into {names[0]}: they differ in {', '.join(differ)}")
-    methods = [m for m in base["methods"] if all(m in {row["method"] for row in r["rows"]} for r in results)]
-    if not methods:
-        raise ConfigError(f"no method is in all of {', '.join(names)}")
+    methods = list(dict.fromkeys(row["method"] for r in results for row in r["rows"]))
     rows = []
     for method in methods:
         parts = [row for r in results for row in r["rows"] if row["method"] == method]
@@ -318,6 +311,9 @@ def merge(out_dir: Path, names: list[str], command: str) -> dict:
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"cannot merge method {method}: condensation seeds repeat ({seeds})")
         rows.append(row_from_seeds(method, base["ipc"], {**defaults, **parts[0]["options"]}, base["dataset"], entries))
+    if any(row["condense_seeds"] != rows[0]["condense_seeds"] for row in rows):
+        raise ConfigError("cannot merge: the methods would end with different condensation seeds ("
+                          + ", ".join(f"{row['method']} {row['condense_seeds']}" for row in rows) + ")")
     same_jobs = all((r.get("jobs", 1), r.get("threads_per_job")) == (base.get("jobs", 1), base.get("threads_per_job"))
                     for r in results)
     merged = {k: v for k, v in base.items() if same_jobs or k not in ("jobs", "threads_per_job")}
@@ -459,13 +455,18 @@ def write(result: dict, out_dir: Path, name: str) -> None:
     write_result(out_dir, name, result, to_markdown(result))
 
 
-def render(out_dir: Path, name: str) -> dict:
-    """Rewrite ``out_dir/name.md`` from ``name.json``; ConfigError when there is no such results file."""
+def read_results(out_dir: Path, name: str) -> dict:
+    """The results file ``out_dir/name.json``; ConfigError when it is missing or not JSON."""
     path = out_dir / f"{name}.json"
     try:
-        result = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read results file {path}: {exc}") from None
+
+
+def render(out_dir: Path, name: str) -> dict:
+    """Rewrite ``out_dir/name.md`` from ``name.json``; ConfigError when there is no such results file."""
+    result = read_results(out_dir, name)
     atomic_write_bytes(out_dir / f"{name}.md", to_markdown(result).encode())
     return result
 

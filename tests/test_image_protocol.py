@@ -349,12 +349,21 @@ def test_bench_jobs_make_the_same_table_side_by_side(tmp_path, monkeypatch):
     assert bench.main(["--merge", "s0", "older", "--name", "m2", "--out-dir", str(out)])["rows"] == merged["rows"]
     dc["options"][next(iter(kept))] = "other"
     (out / "older.json").write_text(json.dumps(older))
+    # tables of other methods at the same seeds pool too; a method left with fewer seeds does not
+    both = json.loads((out / "t.json").read_text())
+    for method in ("random", "dc"):
+        (out / f"only_{method}.json").write_text(json.dumps({**both, "rows": [r for r in both["rows"] if r["method"] == method]}))
+    split = bench.main(["--merge", "only_random", "only_dc", "--name", "m3", "--out-dir", str(out)])
+    seed0 = json.loads((out / "s0.json").read_text())
+    (out / "s0_random.json").write_text(json.dumps({**seed0, "rows": [r for r in seed0["rows"] if r["method"] == "random"]}))
+    assert [r["scores"] for r in split["rows"]] == [r["scores"] for r in two["rows"]]
     changed = json.loads((out / "s1.json").read_text())
     changed["protocol"]["lr"] *= 2
     (out / "lr.json").write_text(json.dumps(changed))
     for bad, message in ((["s0", "t"], r"method random: condensation seeds repeat \(\[0, 0, 1\]\)"),
                          (["s0", "lr"], "cannot merge lr into s0: they differ in protocol"),
                          (["s0", "older"], "cannot merge method dc: its options differ between s0, older"),
+                         (["s1", "s0_random"], r"different condensation seeds \(random \[0, 1\], dc \[1\]\)"),
                          (["s0", "nope"], "cannot read results file"), (["s0"], "two or more results names")):
         with pytest.raises(ConfigError, match=message):
             bench.main(["--merge", *bad, "--name", "bad", "--out-dir", str(out)])
