@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from hcdc import artifacts
 from hcdc.artifacts import Proxy, describe_proxy, load_proxy, save_proxy
 from hcdc.errors import ArtifactError
+from hcdc.io import atomic_write_json, number
 
 
 def _meta(kind: str, **extra) -> dict:
@@ -312,3 +315,14 @@ def test_load_validates(tmp_path):
     (target / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="meta is missing key 'kind'"):
         load_proxy(target)
+
+
+def test_json_records_are_standard_json_with_null_for_values_that_do_not_exist(tmp_path):
+    record = {"perf": float("nan"), "rows": [1.5, float("inf"), (np.float64("-inf"), 2)], "name": "x", "n": 3}
+    atomic_write_json(tmp_path / "r.json", record)
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    back = json.loads(text)
+    assert back == {"perf": None, "rows": [1.5, None, [None, 2]], "name": "x", "n": 3}
+    assert math.isnan(number(back["perf"])) and number(back["rows"][0]) == 1.5 and number(back["n"]) == 3.0
+

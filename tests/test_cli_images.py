@@ -106,6 +106,34 @@ def test_search_on_the_original_images_scores_trials_by_the_ground_truth(tmp_pat
     assert found["original_data"]["val_acc_of_pick"] == pytest.approx(max(truth.val_acc.tolist()))
 
 
+def _strict_json(path):
+    """The JSON file ``path`` parsed as standard JSON: a bare NaN or Infinity is an error, as in jq or JSON.parse."""
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_data_without_test_images_reports_perf_as_na_and_writes_standard_json(tmp_path, capsys):
+    data = toy_images(classes=3, train=40, val=0, size=8, seed=1)
+    images = tmp_path / "notest.npz"
+    np.savez(images, x=data.x_train.numpy(), y=data.y_train.numpy())
+    assert _run(capsys, "condense", "--image-file", images, "--method", "random", "--protocol", "smoke", "--ipc", 3,
+                "--out", tmp_path / "p")[0] == 0
+    code, out, _ = _run(capsys, "evaluate", tmp_path / "p", "--plot", tmp_path / "p.png")
+    assert code == 0 and "Perf n/a (oracle n/a)" in out and "nan" not in out
+    results = _strict_json(tmp_path / "p.json")["results"]
+    assert results["perf"] is None and results["oracle_perf"] is None and -1 <= results["spearman"] <= 1
+    # the ground truth cached with a null test accuracy is read back (a second evaluation trains nothing new)
+    code, again, _ = _run(capsys, "evaluate", tmp_path / "p", "--plot", tmp_path / "q.png")
+    timeless = lambda r: {k: v for k, v in r.items() if "seconds" not in k}  # noqa: E731
+    assert code == 0 and timeless(_strict_json(tmp_path / "q.json")["results"]) == timeless(results)
+    for cache in (tmp_path / "cache" / "image_groundtruth").glob("*.json"):
+        assert all(s["test_acc"] is None for e in _strict_json(cache)["archs"].values() for s in e["seeds"].values())
+    code, out, _ = _run(capsys, "search", tmp_path / "p", "--trials", 3, "--finalists", 1, "--out", tmp_path / "s")
+    assert code == 0 and "test accuracy n/a" in out
+    assert _strict_json(tmp_path / "s" / "search.json")["results"]["original_data"]["test_acc_of_pick"] is None
+
+
 def test_architecture_search_maximises_a_known_objective():
     """TPE over the 15,625 cells finds the optimum of a separable objective (the number of edges that agree
     with a target cell) in 120 trials; random search would find it with probability 120 / 5^6 < 1 %."""

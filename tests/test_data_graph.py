@@ -250,7 +250,8 @@ def test_graphdata_rejects_broken_invariants():
         (dict(edge_index=torch.tensor([[1, 0], [0, 1]])), "not coalesced"),
         (dict(edge_index=torch.tensor([[0, 1], [1, 2]])), "not undirected"),
         (dict(train_mask=torch.ones(6, dtype=torch.long)), "train_mask must be a 1-D torch.bool"),
-        (dict(num_classes=0), "num_classes must be a positive int"),
+        (dict(num_classes=0), r"num_classes must be an int >= 2 \(ranking classifiers needs at least 2 classes\), got 0"),
+        (dict(num_classes=1, y=torch.zeros(6, dtype=torch.long)), "num_classes must be an int >= 2"),
         (dict(x=torch.zeros(0, 3)), "no nodes"),
     ]
     for overrides, message in cases:

@@ -184,11 +184,20 @@ def test_jpg_archive_is_decoded_once_and_cached(jpg_archive, tmp_path, monkeypat
         raise AssertionError("the archive was decoded again")
 
     monkeypatch.setattr(image, "_decode_jpg_archive", no_decoding)
-    second = load_cifar10_jpg(jpg_archive, val_size=3, cache=cache)
+    copy = tmp_path / "elsewhere" / jpg_archive.name  # a copy with a new mtime is the same archive
+    copy.parent.mkdir()
+    copy.write_bytes(jpg_archive.read_bytes())
+    os.utime(copy, (1, 1))
+    second = load_cifar10_jpg(copy, val_size=3, cache=cache)
     assert second.classes == first.classes
     for split in ("train", "val", "test"):
         assert torch.equal(first.split(split)[0], second.split(split)[0])
         assert torch.equal(first.split(split)[1], second.split(split)[1])
+    monkeypatch.undo()
+    members = _jpg_members()  # a changed archive (one training image fewer) at the same path is decoded afresh
+    del members[next(k for k in members if "/train/" in k)]
+    _write_tar(copy, members)
+    assert len(load_cifar10_jpg(copy, val_size=0, cache=cache).x_train) == len(first.x_train) + len(first.x_val) - 1
 
 
 def test_jpg_archive_unreadable_cache_is_rebuilt(jpg_archive, tmp_path):
@@ -354,7 +363,7 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="no training images"):
         load_image_folder(tmp_path / "empty")
-    _write_folder(tmp_path / "notes", {"": {"a": 2}})
+    _write_folder(tmp_path / "notes", {"": {"a": 1, "b": 1}})
     (tmp_path / "notes" / "a" / "notes.txt").write_text("hi")
     with pytest.raises(DataError, match="notes.txt: not an image file"):
         load_image_folder(tmp_path / "notes")
@@ -397,7 +406,9 @@ X, Y = np.zeros((4, 2, 2, 3), np.uint8), np.zeros(4, int)
         ({"x": X}, r"needs arrays 'x' and 'y'"),
         ({"x": X, "y": Y, "x_test": X[:1]}, r"'x_test' with 'y_test'"),
         ({"x": X.astype(np.float32), "y": Y}, r"'x' must be uint8 images .*float32.*convert float images"),
-        ({"x": X[..., 0], "y": Y}, r"'x' must be uint8 images \[N,H,W,C\], got uint8 with shape \(4, 2, 2\)"),
+        ({"x": X[..., 0], "y": Y}, r"'x' must be uint8 images \[N,H,W,C\], got uint8 with shape \(4, 2, 2\) "
+                                   r"\(give grayscale images a channel axis: x\[\.\.\., None\]\)"),
+        ({"x": X, "y": Y}, r"1 class \['0'\]: ranking classifiers needs at least 2 classes"),
         ({"x": X, "y": np.full(4, np.nan)}, "'y' must be integer labels"),
         ({"x": X, "y": Y[:, None]}, "'y' must be integer labels"),
         ({"x": X, "y": np.zeros(5, int)}, "x_train has 4 images but y_train has 5 labels"),
@@ -418,13 +429,16 @@ def test_image_npz_unreadable_files(tmp_path):
         load_image_npz(tmp_path / "nope.npz")
     good = _npz(tmp_path / "good.npz", x=np.zeros((4, 2, 2, 3), np.uint8), y=np.zeros(4, int))
     (tmp_path / "half.npz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(DataError, match="cannot read .*half.npz as an .npz archive"):
+    with pytest.raises(DataError, match="half.npz: not a readable .npz archive"):
         load_image_npz(tmp_path / "half.npz")
     np.save(tmp_path / "single.npy", np.zeros(3))
-    with pytest.raises(DataError, match="got a single .npy array"):
+    with pytest.raises(DataError, match=r"single.npy: not a readable .npz archive \(not a zip file\)"):
         load_image_npz(tmp_path / "single.npy")
+    (tmp_path / "text.npz").write_text("x,y\n1,2\n")
+    with pytest.raises(DataError, match=r"text.npz: not a readable .npz archive \(not a zip file\)"):
+        load_image_npz(tmp_path / "text.npz")
     np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1))
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="objects.npz: holds object arrays, which are refused"):
         load_image_npz(tmp_path / "objects.npz")
 
 

@@ -113,7 +113,9 @@ def test_search_cli_on_a_proxy_writes_its_record_and_refuses_bad_input(tmp_path,
     assert results["original_graph"]["best"] == results["best"]  # one finalist: the search's best
     code, err = _run(capsys, "search", proxy, "--trials", "6", "--out", out)
     assert code == 2 and "finished search" in err
-    for args, word in [(["--trials", "0"], "--trials"), (["--finalists", "-1"], "--finalists"), (["--sampler", "grid"], "grid"),
+    for args, word in [(["--trials", "0"], "--trials must be >= 1 (got 0)"), (["--finalists", "-1"], "--finalists must be >= 0"),
+                       (["--batch", "0", "--seeds", "-2"], "--batch must be >= 1 (got 0); --seeds must be >= 1 (got -2)"),
+                       (["--sampler", "grid"], "grid"),
                        ([tmp_path / "no-proxy"], "no-proxy"), (["--dataset", "imagenet"], "imagenet")]:
         target = tmp_path / "bad"
         code, err = _run(capsys, "search", *args, "--out", target)

@@ -7,6 +7,7 @@ code 2 (as argparse does for bad options); nothing half-written is left behind.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -204,6 +205,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return _report_evaluation(args, proxy, heading, record, ev.truth.val_acc, ev.proxy.val_loss, "proxy validation loss")
 
 
+def _percent(fraction: float) -> str:
+    """A fraction as a percentage with one decimal ("37.0 %"), or "n/a" for NaN (a test accuracy of data without test images)."""
+    return f"{100 * fraction:.1f} %" if math.isfinite(fraction) else "n/a"
+
+
 def _report_evaluation(args: argparse.Namespace, proxy, heading: str, record: dict, true_acc, proxy_values,
                        ylabel: str) -> int:
     """Print an evaluation's ranking numbers, draw proxy score against true accuracy, write the record beside it."""
@@ -213,7 +219,7 @@ def _report_evaluation(args: argparse.Namespace, proxy, heading: str, record: di
     r = record["results"]
     print(heading)
     print(f"  Spearman {r['spearman']:.3f}  Kendall {r['kendall']:.3f}  top-5 {r['top_k']:.2f}  "
-          f"regret {100 * r['regret']:.2f} pts  Perf {100 * r['perf']:.1f} (oracle {100 * r['oracle_perf']:.1f})")
+          f"regret {100 * r['regret']:.2f} pts  Perf {_percent(r['perf'])} (oracle {_percent(r['oracle_perf'])})")
     if r.get("val_shift") is not None:
         print(f"  S_val shift {r['val_shift']:.3f} (how far calibration moved the validation images from their real start)")
     plot = args.plot or Path(f"{args.directory}-scores.png")
@@ -258,9 +264,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     make_sampler(args.sampler, args.seed)  # bad settings fail before anything is loaded or written
     batch, seeds = args.batch, args.seeds
-    if args.trials < 1 or (batch is not None and batch < 1) or (seeds is not None and seeds < 1) or args.finalists < 0:
-        raise ConfigError(f"--trials, --batch and --seeds must be >= 1 and --finalists >= 0 (got {args.trials}, "
-                          f"{batch}, {seeds}, {args.finalists})")
+    bounds = (("trials", args.trials, 1), ("batch", batch, 1), ("seeds", seeds, 1), ("finalists", args.finalists, 0))
+    bad = [f"--{flag} must be >= {low} (got {value})" for flag, value, low in bounds if value is not None and value < low]
+    if bad:
+        raise ConfigError("; ".join(bad))
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a directory")
     result_file, journal = args.out / "search.json", args.out / "study.journal"
@@ -294,7 +301,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         picked = results["original_graph"] = final.as_dict()
         lam = ", ".join(f"{v:+.3f}" for v in picked["best"])
         print(f"  {len(final.lam)} best trial(s) trained on {data.name}: pick λ = [{lam}], validation accuracy "
-              f"{100 * picked['val_acc_of_pick']:.1f} %, test accuracy {100 * picked['test_acc_of_pick']:.1f} %")
+              f"{_percent(picked['val_acc_of_pick'])}, test accuracy {_percent(picked['test_acc_of_pick'])}")
     record = run_record({**target, "trials": args.trials, "sampler": args.sampler, "batch": batch,
                          "training_seeds": len(protocol.seeds), "space": space.__dict__, "protocol": protocol.as_dict()},
                         args.seed, timings)
@@ -348,8 +355,8 @@ def _search_images(args: argparse.Namespace, proxy, result_file: Path, journal: 
         timings["finalists"] = final.truth.seconds
         picked = results["original_data"] = final.as_dict()
         print(f"  {len(final.truth.archs)} best architecture(s) trained on {view.name}: pick {picked['best']}, "
-              f"validation accuracy {100 * picked['val_acc_of_pick']:.1f} %, "
-              f"test accuracy {100 * picked['test_acc_of_pick']:.1f} %")
+              f"validation accuracy {_percent(picked['val_acc_of_pick'])}, "
+              f"test accuracy {_percent(picked['test_acc_of_pick'])}")
     record = run_record({**context, "trials": args.trials, "sampler": args.sampler, "batch": batch,
                          "finalists": args.finalists}, args.seed, timings)
     record["results"] = results
@@ -376,23 +383,28 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_root_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder holding planetoid/, cifar10/, ... (default: $HCDC_DATA or ../shared/data)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hcdc", description="Hyperparameter Calibrated Dataset Condensation.")
     parser.add_argument("--version", action="version", version=f"hcdc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("datasets", help="list the datasets found under the data root, with their sizes")
-    p.add_argument("--data-root", type=Path, default=None, help="folder holding planetoid/, cifar10/, ... (default: $HCDC_DATA or ../shared/data)")
+    _data_root_argument(p)
     p.add_argument("--graph-file", type=Path, default=None, help="describe a graph .npz (x, edge_index, y, *_mask) instead")
     p.add_argument("--image-file", type=Path, default=None,
                    help="describe an image dataset instead: .npz (x uint8 NHWC, y), CIFAR batch folder, or image folder")
     p.set_defaults(func=_cmd_datasets)
 
     p = sub.add_parser("demo", help="a few-minute demo: Random, GCond-X, GCond and HCDC proxies of Cora ranked")
-    p.add_argument("--dataset", default="cora")
-    p.add_argument("--configs", type=int, default=24)
-    p.add_argument("--out", type=Path, default=Path("demo-output"))
-    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--dataset", default="cora", help="graph dataset (default: cora)")
+    p.add_argument("--configs", type=int, default=24, help="filter configurations ranked (default 24)")
+    p.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for the proxies, plots and results")
+    _data_root_argument(p)
     p.set_defaults(func=_cmd_demo, graph_file=None)
 
     p = sub.add_parser("condense", help="condense a graph or an image dataset into a proxy directory")
@@ -407,25 +419,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipc", type=int, default=None, help="images: synthetic training images per class (default: the protocol's)")
     p.add_argument("--protocol", default="cpu", help="images: the image protocol (cpu, full or smoke; default cpu) that "
                                                      "fixes resolution, subsets, the network and each method's recipe")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="condensation seed (same seed, same proxy; default 0)")
     p.add_argument("--options", default=None, help="condenser options as a JSON object")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", type=Path, required=True, help="proxy directory to write (proxy.safetensors + meta.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--restart", action="store_true",
                    help="discard the snapshots of an interrupted run of this condensation instead of resuming it")
-    p.add_argument("--data-root", type=Path, default=None)
+    _data_root_argument(p)
     p.set_defaults(func=_cmd_condense, interrupted="; rerun the same command to resume from its last snapshot")
 
-    p = sub.add_parser("evaluate", help="rank sampled configurations on a proxy against the original graph")
-    p.add_argument("directory", type=Path)
-    p.add_argument("--configs", type=int, default=80)
-    p.add_argument("--config-seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=2, help="training seeds per configuration")
+    p = sub.add_parser("evaluate", help="how well a proxy ranks configurations (graph filters or NAS-Bench-201 cells) "
+                                        "against training on the original data")
+    p.add_argument("directory", type=Path, metavar="PROXY_DIR")
+    p.add_argument("--configs", type=int, default=80, help="graph proxies: filter configurations sampled (default 80)")
+    p.add_argument("--config-seed", type=int, default=0, help="graph proxies: seed of that sample")
+    p.add_argument("--seeds", type=int, default=2, help="graph proxies: training seeds per configuration (default 2)")
     p.add_argument("--archs", type=int, default=None,
                    help="image proxies: the first N of the committed architectures (default: the proxy's protocol's)")
     p.add_argument("--device", default=None, help="image proxies: cpu or cuda (default: cuda when available)")
-    p.add_argument("--plot", type=Path, default=None, help="PNG of proxy score vs true accuracy (default: DIR-scores.png; results beside it as .json)")
-    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None,
+                   help="PNG of proxy score vs true accuracy (default: PROXY_DIR-scores.png; results beside it as .json)")
+    _data_root_argument(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("search", help="Optuna search on a proxy (or on the original data): graph filter coefficients "
@@ -437,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-file", type=Path, default=None, help="an image dataset instead of --dataset")
     p.add_argument("--protocol", default="cpu", help="image search without a proxy: the image protocol (default cpu)")
     p.add_argument("--device", default=None, help="images: cpu or cuda (default: cuda when available)")
-    p.add_argument("--trials", type=int, default=64)
+    p.add_argument("--trials", type=int, default=64, help="finished trials to reach (default 64)")
     p.add_argument("--sampler", default="tpe", help="Optuna sampler: tpe or random")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--batch", type=int, default=None, help="trials asked at once (graphs: trained as one stacked model, "
@@ -450,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finalists", type=int, default=1,
                    help="train the K best trials on the original data (graphs: 2 seeds; images: the ground truth's protocol) "
                         "and pick the best by its validation accuracy there (default 1: just report the best trial's accuracy; 0: skip)")
-    p.add_argument("--data-root", type=Path, default=None)
+    _data_root_argument(p)
     p.set_defaults(func=_cmd_search, interrupted="; rerun the same command to resume the search from its journal")
 
     p = sub.add_parser("plot", help="figures: architecture rankings of an image table, or a proxy's images")
@@ -464,13 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = figures.add_parser("images", help="HCDC's Figure 3: an image proxy's validation images, one row per class")
     q.add_argument("source", type=Path, metavar="PROXY_DIR")
     q.add_argument("--out", type=Path, required=True, help="PNG to write")
-    q.add_argument("--split", choices=["val", "train"], default="val")
-    q.add_argument("--per-class", type=int, default=10)
-    q.add_argument("--max-classes", type=int, default=20)
+    q.add_argument("--split", choices=["val", "train"], default="val", help="which part of the proxy (default val)")
+    q.add_argument("--per-class", type=int, default=10, help="images per class row (default 10)")
+    q.add_argument("--max-classes", type=int, default=20, help="class rows at most (default 20)")
     q.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("info", help="describe a proxy directory (proxy.safetensors + meta.json)")
-    p.add_argument("directory", type=Path)
+    p.add_argument("directory", type=Path, metavar="PROXY_DIR")
     p.set_defaults(func=_cmd_info)
     return parser
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -29,9 +30,31 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def json_ready(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) inside dicts, lists and tuples replaced by None.
+
+    Standard JSON has no NaN or infinity (Python writes them as bare ``NaN``, which strict parsers such as
+    ``jq`` or a browser's ``JSON.parse`` reject), so a value that does not exist, e.g. the test accuracy of
+    a dataset without test images, is written as ``null``. :func:`number` reads it back as NaN.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def number(value: Any) -> float:
+    """A float read from JSON written by :func:`atomic_write_json`: ``null`` is NaN."""
+    return math.nan if value is None else float(value)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    """Write ``obj`` as indented, key-sorted, standard JSON (non-finite floats as null, :func:`json_ready`) atomically."""
+    text = json.dumps(json_ready(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def write_result(directory: str | os.PathLike, name: str, result: Any, markdown: str) -> None:

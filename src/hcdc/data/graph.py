@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import os
 import warnings
-import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from torch_geometric.utils import remove_self_loops, to_undirected
 
 from ..errors import ConfigError, DataError
+from .npz import load_npz
 from .safe_pickle import load_pickle
 
 if TYPE_CHECKING:
@@ -97,8 +97,8 @@ class GraphData:
         for field in ("y", *_MASKS):
             if getattr(self, field).shape[0] != n:
                 fail(f"{field} has {getattr(self, field).shape[0]} entries but x has {n} nodes")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
-            fail(f"num_classes must be a positive int, got {self.num_classes!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
+            fail(f"num_classes must be an int >= 2 (ranking classifiers needs at least 2 classes), got {self.num_classes!r}")
 
         finite = torch.isfinite(self.x)
         if not finite.all():
@@ -233,21 +233,6 @@ def _index_mask(index: np.ndarray, num_nodes: int, source: PathLike) -> torch.Te
     mask = torch.zeros(num_nodes, dtype=torch.bool)
     mask[torch.from_numpy(index.astype(np.int64))] = True
     return mask
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` archive, read without pickle."""
-    if not path.is_file():
-        raise DataError(f"missing file: {path}")
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path}: not a readable .npz archive (not a zip file)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except Exception as exc:  # the zip and npy layers raise many types on corrupt input
-        if "allow_pickle" in str(exc):
-            raise DataError(f"{path}: holds object arrays, which are refused (they need pickle)") from None
-        raise DataError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
 
 
 def _require(arrays: Mapping[str, Any], keys: tuple[str, ...], path: Path) -> None:
@@ -405,7 +390,7 @@ def load_graph_npz(path: PathLike) -> GraphData:
     The dataset is named after the file stem.
     """
     path = Path(path)
-    a = _load_npz(path)
+    a = load_npz(path)
     _require(a, ("x", "edge_index", "y", *_MASKS), path)
     x, y = _features(a["x"], path), _labels(a["y"], path)
     if "num_classes" in a:
@@ -500,7 +485,7 @@ def load_reddit(root: PathLike) -> GraphData:
     root = Path(root)
     raw = _first_dir([root / "raw", root, root / "Reddit" / "raw"], "reddit_data.npz", "Reddit")
     data_path, graph_path = raw / "reddit_data.npz", raw / "reddit_graph.npz"
-    data = _load_npz(data_path)
+    data = load_npz(data_path)
     _require(data, ("feature", "label", "node_types"), data_path)
     x, y = _features(data["feature"], data_path), _labels(data["label"], data_path)
     n, types = x.shape[0], data["node_types"]
@@ -509,7 +494,7 @@ def load_reddit(root: PathLike) -> GraphData:
             f"{data_path}: node_types must be {n} integers, got shape {list(types.shape)} and dtype {types.dtype}"
         )
 
-    adj = _load_npz(graph_path)
+    adj = load_npz(graph_path)
     _require(adj, ("row", "col", "shape", "format"), graph_path)
     fmt = adj["format"].tolist() if adj["format"].shape == () else None
     if (fmt.decode("latin1") if isinstance(fmt, bytes) else fmt) != "coo":

@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data.graph import GraphData, graph_fingerprint
-from ..io import merge_json_entries, read_json_entries
+from ..io import merge_json_entries, number, read_json_entries
 from ..paths import cache_dir
 from .space import TrainProtocol
 from .train import NodeGraph, score_configs
@@ -64,6 +64,6 @@ def ground_truth(data: GraphData, lam: Tensor, protocol: TrainProtocol, cache: P
                                                                             "protocol": protocol.as_dict()})}
             bar.update(len(part))
         bar.close()
-    values = {m: torch.tensor([known[k][m] for k in keys]) for m in METRICS}
+    values = {m: torch.tensor([number(known[k][m]) for k in keys]) for m in METRICS}
     return GroundTruth(lam, values["val_loss"], values["val_acc"], values["test_acc"], len(missing_keys),
                        time.perf_counter() - start)

@@ -110,7 +110,7 @@ from tqdm.auto import tqdm
 from ..artifacts import Proxy
 from ..data.image import ImageData, data_fingerprint
 from ..errors import ConfigError, DataError
-from ..io import merge_json_entries, read_json_entries
+from ..io import merge_json_entries, number, read_json_entries
 from ..metrics import ranking_report
 from ..paths import cache_dir
 from .condensers.base import VAL_PARTS, seeded_generator
@@ -617,7 +617,7 @@ def image_ground_truth(
             known.update(entries)
             bar.update(len(chunk))
         bar.close()
-    values = {m: torch.tensor([known[k][m] for k in keys], dtype=torch.float64) for m in METRICS}
+    values = {m: torch.tensor([number(known[k][m]) for k in keys], dtype=torch.float64) for m in METRICS}
     return ImageGroundTruth(archs, values["val_acc"], values["val_loss"], values["test_acc"],
                             [known[k]["seeds"] for k in keys], len(missing), time.perf_counter() - start,
                             float(sum(known[k]["seconds"] for k in dict.fromkeys(keys))), str(path))
