@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     for method in args.methods:
         runs = []
         for seed in args.seeds:
-            proxy, condense_seconds, _, cached, _ = cached_proxy(view, fingerprint, method, protocol.ipc, seed, options[method])
+            proxy, condense_seconds, cached, _ = cached_proxy(view, fingerprint, method, protocol.ipc, seed, options[method])
             found = search_architectures(proxy_objective(proxy, protocol, device), args.trials, args.sampler, args.seed)
             runs.append({"condense_seed": seed, "cached_proxy": cached, "condense_seconds": condense_seconds,
                          "search_seconds": found.seconds, **finalists(view, found, args.finalists, protocol, device),

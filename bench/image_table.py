@@ -10,8 +10,9 @@ For each method × condensation seed: condense (from the protocol's data: subset
 evaluate, and write ``bench/results/<name>.json`` and ``.md`` after every method. The JSON keeps
 each proxy's per-architecture scores and the true validation accuracies, which ``hcdc plot
 ranking`` draws as the paper's Figure 2. Ground truth (``$HCDC_CACHE/image_groundtruth``), proxies
-(``$HCDC_CACHE/image_proxies``) and proxy evaluations (``$HCDC_CACHE/image_evaluations``) are
-cached, so an interrupted run resumes where it stopped.
+(``$HCDC_CACHE/image_proxies``) and each architecture's numbers on each proxy
+(``$HCDC_CACHE/image_proxy_scores``) are cached as they are made, so an interrupted run resumes where it
+stopped.
 
 ``--jobs N`` makes and evaluates the proxies in N processes side by side (the condensation seeds dealt
 out among them, one torch thread per core each: small networks use cores better that way), then
@@ -186,7 +187,7 @@ def save_committed_truth(committed: Path, cache: Path, command: str) -> None:
 
 
 def cached_proxy(view, fingerprint: str, method: str, ipc: int, seed: int, options: dict):
-    """Condense ``view`` (or load the cached proxy); returns (proxy, condensation seconds, cache key, cached?)."""
+    """Condense ``view`` (or load the cached proxy); returns (proxy, condensation seconds, cached?, its folder)."""
     key = _key(fingerprint, method, ipc, seed, options)
     path = cache_dir() / "image_proxies" / f"{view.name.lower()}-{method}-ipc{ipc}-s{seed}-{key}"
     cached = (path / "meta.json").exists()
@@ -195,31 +196,23 @@ def cached_proxy(view, fingerprint: str, method: str, ipc: int, seed: int, optio
     else:
         proxy = make_image_condenser(method, **options).condense(view, ipc, seed, progress=True, checkpoints=snapshot_dir())
         save_proxy(proxy, path, overwrite=True)
-    return proxy, float(sum(proxy.meta["timings"].values())), key, cached, path
+    return proxy, float(sum(proxy.meta["timings"].values())), cached, path
 
 
-def cached_evaluation(proxy, proxy_key: str, view, archs, protocol, truth, device) -> dict:
-    """Evaluate ``proxy`` (or load the cached result of the same proxy, protocol and architectures)."""
-    key = _key(proxy_key, protocol.key(), [a.to_str() for a in archs], [round(v, 6) for v in truth.val_acc.tolist()])
-    path = cache_dir() / "image_evaluations" / f"{proxy_key}-{key}.json"
-    if path.exists():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            pass
+def evaluation_record(proxy, view, archs, protocol, truth, device) -> dict:
+    """``proxy`` evaluated (each architecture's numbers cached as it is done, :func:`evaluate_image_proxy`): its
+    ranking report, Perf, timings and per-architecture scores."""
     ev = evaluate_image_proxy(proxy, view, archs, protocol, truth, device=device, progress=True)
-    record = {**ev.row(), **ev.scores()}
-    atomic_write_json(path, record)
-    return record
+    return {**ev.row(), **ev.scores()}
 
 
 def run_method(view, fingerprint, archs, protocol, truth, method, ipc, seeds, options, device, dataset) -> dict:
     """Condense and evaluate ``method`` at each condensation seed (or load both from the cache): its table row."""
     entries = []
     for seed in seeds:
-        proxy, seconds, key, cached, path = cached_proxy(view, fingerprint, method, ipc, seed, options)
+        proxy, seconds, cached, path = cached_proxy(view, fingerprint, method, ipc, seed, options)
         start = time.perf_counter()
-        record = cached_evaluation(proxy, key, view, archs, protocol, truth, device)
+        record = evaluation_record(proxy, view, archs, protocol, truth, device)
         meta = proxy.meta
         entries.append({
             **{k: record[k] for k in SEED_FIELDS}, "seed": seed, "cached_proxy": cached,

@@ -122,3 +122,18 @@ def test_unknown_subcommand_is_argparse_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["condense-everything"])
     assert exc.value.code == 2
+
+
+def test_warnings_are_one_plain_line(capsys, monkeypatch):
+    import warnings
+
+    from hcdc import cli
+
+    def warns(args):
+        warnings.warn("this will be slow", stacklevel=2)
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_info", warns)
+    code, _, err = _run(capsys, "info", "anything")
+    assert code == 0 and err == "hcdc: warning: this will be slow\n"
+

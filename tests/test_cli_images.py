@@ -125,8 +125,10 @@ def test_data_without_test_images_reports_perf_as_na_and_writes_standard_json(tm
     assert results["perf"] is None and results["oracle_perf"] is None and -1 <= results["spearman"] <= 1
     # the ground truth cached with a null test accuracy is read back (a second evaluation trains nothing new)
     code, again, _ = _run(capsys, "evaluate", tmp_path / "p", "--plot", tmp_path / "q.png")
-    timeless = lambda r: {k: v for k, v in r.items() if "seconds" not in k}  # noqa: E731
-    assert code == 0 and timeless(_strict_json(tmp_path / "q.json")["results"]) == timeless(results)
+    second = _strict_json(tmp_path / "q.json")["results"]
+    assert code == 0 and results["computed"] == 3 and second["computed"] == 0  # each architecture's numbers were cached
+    timeless = lambda r: {k: v for k, v in r.items() if "seconds" not in k and k != "computed"}  # noqa: E731
+    assert timeless(second) == timeless(results)
     for cache in (tmp_path / "cache" / "image_groundtruth").glob("*.json"):
         assert all(s["test_acc"] is None for e in _strict_json(cache)["archs"].values() for s in e["seeds"].values())
     code, out, _ = _run(capsys, "search", tmp_path / "p", "--trials", 3, "--finalists", 1, "--out", tmp_path / "s")

@@ -160,8 +160,9 @@ def test_stacked_ground_truth_and_proxy_scores_match_one_by_one(tmp_path):
     for m in ("val_acc", "val_loss", "test_acc"):
         torch.testing.assert_close(getattr(many, m), getattr(one, m), atol=1e-4, rtol=1e-4)
     proxy = make_image_condenser("random").condense(data, TINY.ipc, seed=0)
-    a = evaluate_image_proxy(proxy, data, archs, stacked.with_(stack=1), one)
-    b = evaluate_image_proxy(proxy, data, archs, stacked, one)
+    a = evaluate_image_proxy(proxy, data, archs, stacked.with_(stack=1), one, cache=tmp_path / "one")
+    b = evaluate_image_proxy(proxy, data, archs, stacked, one, cache=tmp_path / "many")
+    assert a.computed == b.computed == 3
     torch.testing.assert_close(b.proxy_loss, a.proxy_loss, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(b.proxy_acc, a.proxy_acc)
 
@@ -226,6 +227,62 @@ def test_evaluate_proxy_reports_and_ranks_the_constant_network_last():
     assert len(ev.scores()["score"]) == 3
     with pytest.raises(ConfigError, match="other architectures"):
         evaluate_image_proxy(proxy, data, archs[:2], TINY, truth)
+
+
+def test_proxy_evaluation_is_cached_per_architecture_and_resumes(tmp_path, monkeypatch):
+    data = toy_data()
+    archs = [NONE, CONV, CONV2]
+    truth = image_ground_truth(data, archs, TINY, progress=False)
+    proxy = make_image_condenser("random").condense(data, TINY.ipc, seed=0)
+    real_train = P.train_networks
+    calls = []
+
+    def interrupted_after_one_chunk(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(P, "train_networks", interrupted_after_one_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_image_proxy(proxy, data, archs, TINY, truth, cache=tmp_path / "c")
+    monkeypatch.setattr(P, "train_networks", real_train)
+    resumed = evaluate_image_proxy(proxy, data, archs, TINY, truth, cache=tmp_path / "c")
+    assert resumed.computed == 2  # the first architecture's numbers were kept
+    fresh = evaluate_image_proxy(proxy, data, archs, TINY, truth, cache=tmp_path / "fresh")
+    assert fresh.computed == 3 and torch.equal(fresh.proxy_loss, resumed.proxy_loss)
+    assert torch.equal(fresh.proxy_acc, resumed.proxy_acc) and fresh.report == resumed.report
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("cached architectures must not be retrained")
+
+    monkeypatch.setattr(P, "train_networks", no_training)
+    again = evaluate_image_proxy(proxy, data, archs[::-1], TINY, image_ground_truth(data, archs[::-1], TINY, progress=False),
+                                 cache=tmp_path / "c")
+    assert again.computed == 0 and torch.equal(again.proxy_loss, resumed.proxy_loss.flip(0))
+    assert again.seconds == pytest.approx(resumed.seconds) and again.seconds > again.wall_seconds  # first measured
+    monkeypatch.undo()
+    # another proxy, other proxy training or another class count is another file
+    other = make_image_condenser("random").condense(data, TINY.ipc, seed=1)
+    paths = {P.proxy_scores_path(P.proxy_parts(p, t), k, t, tmp_path / "c")
+             for p, t, k in [(proxy, TINY, 3), (other, TINY, 3), (proxy, TINY.with_(proxy_epochs=2), 3),
+                             (proxy, TINY.with_(proxy_seeds=(1,)), 3), (proxy, TINY, 4)]}
+    assert len(paths) == 5
+    # what only concerns the table or how many networks train at once shares the file
+    same = {P.proxy_scores_path(P.proxy_parts(proxy, t), 3, t, tmp_path / "c")
+            for t in (TINY, TINY.with_(stack=4), TINY.with_(num_archs=2, epochs=1, val_part="real"))}
+    assert len(same) == 1
+
+
+def test_a_gpu_protocol_on_the_cpu_warns_once_before_training(tmp_path, recwarn):
+    data = toy_data()
+    image_ground_truth(data, [CONV], TINY.with_(amp=True), cache=tmp_path, progress=False)
+    (warning,) = [w for w in recwarn if "made for a CUDA GPU" in str(w.message)]
+    assert "training 1 architecture(s) x 1 seed(s)" in str(warning.message)
+    recwarn.clear()
+    image_ground_truth(data, [CONV], TINY.with_(amp=True), cache=tmp_path, progress=False)  # cached: nothing to train
+    image_ground_truth(data, [CONV2], TINY, cache=tmp_path, progress=False)  # a CPU protocol
+    assert not [w for w in recwarn if "CUDA" in str(w.message)]
 
 
 def test_proxy_score_breaks_accuracy_ties_by_loss_only():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -243,7 +244,7 @@ def _evaluate_images(args: argparse.Namespace, proxy) -> int:
     truth = image_ground_truth(view, archs, protocol, device=device)
     ev = evaluate_image_proxy(proxy, view, archs, protocol, truth, device=device, progress=True)
     record = run_record({"proxy": str(args.directory), "protocol": protocol.as_dict(), "device": str(device)}, None,
-                        {"ground_truth": truth.seconds, "proxy_training": ev.seconds})
+                        {"ground_truth": truth.seconds, "proxy_training": ev.wall_seconds})
     record["results"] = {**ev.row(), **ev.scores(), "architectures": [a.to_str() for a in archs],
                          "true_val_acc": truth.val_acc.tolist(), "true_test_acc": truth.test_acc.tolist(),
                          "val_shift": validation_shift(proxy, view)}
@@ -489,10 +490,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"hcdc: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one plain line, not a source location
+            return args.func(args)
     except HCDCError as exc:
         print(f"hcdc: error: {exc}", file=sys.stderr)
         return 2

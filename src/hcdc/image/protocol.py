@@ -95,6 +95,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -128,6 +129,9 @@ _TRUTH_FIELDS = ("C", "N", "norm_groups", "epochs", "batch_size", "lr", "momentu
 # proxy is keyed by its own options), stack only how many networks train at once (results change by rounding,
 # as with another thread count)
 _UNKEYED_FIELDS = ("val_part", "stack")
+# fields that, with the proxy epochs and seeds, decide how a network trains on a proxy (the proxy-score cache key;
+# the resolution is in the proxy's images, stack and channels_last change results only by rounding)
+_PROXY_TRAINING_FIELDS = ("C", "N", "norm_groups", "batch_size", "lr", "momentum", "weight_decay", "grad_clip")
 
 
 @dataclass(frozen=True)
@@ -549,6 +553,34 @@ class ImageGroundTruth:
                 "seconds": self.seconds, "compute_seconds": self.compute_seconds}
 
 
+def _cached_per_architecture(path: Path, header: dict, keys: Sequence[str], compute, protocol: ImageProtocol,
+                             seeds: Sequence[int], device: torch.device, desc: str, progress: bool) -> tuple[dict, int]:
+    """The entries of the JSON cache ``path`` for the architecture strings ``keys``, and how many were computed.
+
+    Those the file lacks are computed in chunks of about one stack (``compute(chunk)`` → ``{key: entry}``), each
+    entry given its ``seconds`` (the chunk's time over its size) and ``device``, and merged into the file as soon
+    as its chunk is done (:func:`hcdc.io.merge_json_entries`: under a lock, atomically), so concurrent runs share
+    work and an interrupted one resumes from the last finished chunk.
+    """
+    known = read_json_entries(path, "archs")
+    missing = [k for k in dict.fromkeys(keys) if k not in known]
+    if missing and protocol.amp and device.type != "cuda":
+        warnings.warn(f"{desc}: training {len(missing)} architecture(s) x {len(seeds)} seed(s) of a protocol made for a CUDA "
+                      f"GPU on {device.type}; expect it to be very slow (the 'full' protocol's ground truth is about 1,000 "
+                      "hours on 2 CPU cores: bench/results/image_stack_full_truth_cpu.md)", stacklevel=3)
+    bar = tqdm(total=len(missing), desc=desc, unit="arch", disable=not progress or not missing)
+    for chunk in _stack_chunks(missing, protocol, seeds):
+        t0 = time.perf_counter()
+        entries = compute(chunk)
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        entries = {k: {**e, "seconds": seconds, "device": str(device)} for k, e in entries.items()}
+        merge_json_entries(path, "archs", entries, header)
+        known.update(entries)
+        bar.update(len(chunk))
+    bar.close()
+    return known, len(missing)
+
+
 def ground_truth_path(data: ImageData, protocol: ImageProtocol, cache: str | Path | None = None,
                       device: torch.device | str | None = None) -> Path:
     """The cache file of ``data`` (already :func:`prepare_data`'d) under ``protocol``.
@@ -593,33 +625,29 @@ def image_ground_truth(
     header = {"format": CACHE_FORMAT, "dataset": data.name, "summary": data.summary(), "protocol": protocol.as_dict(),
               "truth_key": protocol.truth_key()}
     keys = [a.to_str() for a in archs]
-    known = read_json_entries(path, "archs")
-    missing = [k for k in dict.fromkeys(keys) if k not in known]
-    if missing:
-        splits = {s: (data.normalized(s).to(device), data.split(s)[1].to(device)) for s in ("train", "val", "test")}
-        x_train, y_train = splits["train"]
-        bar = tqdm(total=len(missing), desc=f"ground truth ({data.name})", unit="arch", disable=not progress)
-        for chunk in _stack_chunks(missing, protocol, protocol.seeds):
-            t0, entries = time.perf_counter(), {}
-            jobs = [(Architecture.parse(key), seed) for key in chunk for seed in protocol.seeds]
-            trained = train_networks(jobs, x_train, y_train, protocol, num_classes=data.num_classes, device=device)
-            for (arch, seed), params in zip(jobs, trained):
-                val = score_architecture(arch, params, *splits["val"], protocol, device=device)
-                test = (score_architecture(arch, params, *splits["test"], protocol, device=device)
-                        if len(splits["test"][1]) else {"acc": float("nan")})
-                seeds = entries.setdefault(arch.to_str(), {})
-                seeds[str(seed)] = {"val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"]}
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            for key, seeds in entries.items():
-                entry = {m: float(np.mean([s[m] for s in seeds.values()])) for m in METRICS}
-                entries[key] = {**entry, "seeds": seeds, "seconds": seconds, "device": str(device)}
-            merge_json_entries(path, "archs", entries, header)
-            known.update(entries)
-            bar.update(len(chunk))
-        bar.close()
+    splits = None
+
+    def train_and_score(chunk: list[str]) -> dict[str, dict]:
+        nonlocal splits
+        if splits is None:  # moved to the device only when something is missing
+            splits = {s: (data.normalized(s).to(device), data.split(s)[1].to(device)) for s in ("train", "val", "test")}
+        entries: dict[str, dict] = {}
+        jobs = [(Architecture.parse(key), seed) for key in chunk for seed in protocol.seeds]
+        trained = train_networks(jobs, *splits["train"], protocol, num_classes=data.num_classes, device=device)
+        for (arch, seed), params in zip(jobs, trained):
+            val = score_architecture(arch, params, *splits["val"], protocol, device=device)
+            test = (score_architecture(arch, params, *splits["test"], protocol, device=device)
+                    if len(splits["test"][1]) else {"acc": float("nan")})
+            seeds = entries.setdefault(arch.to_str(), {})
+            seeds[str(seed)] = {"val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"]}
+        return {key: {**{m: float(np.mean([s[m] for s in seeds.values()])) for m in METRICS}, "seeds": seeds}
+                for key, seeds in entries.items()}
+
+    known, missing = _cached_per_architecture(path, header, keys, train_and_score, protocol, protocol.seeds, device,
+                                              f"ground truth ({data.name})", progress)
     values = {m: torch.tensor([number(known[k][m]) for k in keys], dtype=torch.float64) for m in METRICS}
     return ImageGroundTruth(archs, values["val_acc"], values["val_loss"], values["test_acc"],
-                            [known[k]["seeds"] for k in keys], len(missing), time.perf_counter() - start,
+                            [known[k]["seeds"] for k in keys], missing, time.perf_counter() - start,
                             float(sum(known[k]["seconds"] for k in dict.fromkeys(keys))), str(path))
 
 
@@ -647,12 +675,15 @@ class ImageProxyEvaluation:
     oracle_perf: float  # true test accuracy of the architecture with the best true validation accuracy
     pick: int
     oracle_pick: int
-    seconds: float
+    seconds: float  # training + scoring time of every architecture on the proxy, cached ones as first measured
+    computed: int  # architectures trained in this call (the rest came from the cache)
+    wall_seconds: float  # wall time of this call
 
     def row(self) -> dict:
         return {**self.report, "perf": self.perf, "oracle_perf": self.oracle_perf, "pick": self.archs[self.pick].to_str(),
                 "oracle_pick": self.archs[self.oracle_pick].to_str(), "seconds": self.seconds,
-                "seconds_per_arch": self.seconds / len(self.archs)}
+                "seconds_per_arch": self.seconds / len(self.archs), "computed": self.computed,
+                "wall_seconds": self.wall_seconds}
 
     def scores(self) -> dict:
         """Per-architecture proxy numbers, JSON-ready."""
@@ -680,6 +711,32 @@ def proxy_parts(proxy: Proxy, protocol: ImageProtocol,
     x, y = proxy_images(proxy, protocol)
     train, val = proxy.tensors["train_mask"], proxy.tensors["val_mask"]
     return tuple(t.to(device) if device is not None else t for t in (x[train], y[train], x[val], y[val]))
+
+
+def _proxy_training(num_classes: int, protocol: ImageProtocol) -> dict:
+    """What, besides the proxy's images, decides an architecture's numbers on a proxy."""
+    d = protocol.as_dict()
+    return {**{k: d[k] for k in _PROXY_TRAINING_FIELDS}, "epochs": protocol.epochs_on_proxy,
+            "seeds": list(protocol.seeds_on_proxy), "num_classes": num_classes}
+
+
+def proxy_scores_path(parts: tuple[Tensor, Tensor, Tensor, Tensor], num_classes: int, protocol: ImageProtocol,
+                      cache: str | Path | None = None, device: torch.device | str | None = None) -> Path:
+    """The cache file of the per-architecture numbers on the proxy whose :func:`proxy_parts` are ``parts``.
+
+    Keyed by a hash of those tensors (the images at the protocol's resolution and their labels), of how networks
+    train on them (:data:`_PROXY_TRAINING_FIELDS`, the proxy epochs and seeds, the class count) and the numeric
+    precision, as the ground truth's (:func:`ground_truth_path`).
+    """
+    digest = hashlib.sha256()
+    for t in parts:
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{t.dtype}:{tuple(t.shape)}:".encode())
+        digest.update(t.numpy().tobytes())
+    device = default_device(device)
+    precision = "bf16" if _uses_cuda_tricks(device, protocol.amp) else "fp32"
+    root = (Path(cache) if cache is not None else cache_dir()) / "image_proxy_scores"
+    return root / f"{digest.hexdigest()[:16]}-{_hash(_proxy_training(num_classes, protocol))}-{precision}.json"
 
 
 def score_on_proxy(arch: Architecture, parts: tuple[Tensor, Tensor, Tensor, Tensor], num_classes: int,
@@ -717,6 +774,7 @@ def evaluate_image_proxy(
     protocol: ImageProtocol,
     truth: ImageGroundTruth,
     *,
+    cache: str | Path | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> ImageProxyEvaluation:
@@ -730,6 +788,10 @@ def evaluate_image_proxy(
     and ``spearman_loss`` / ``kendall_loss`` (the loss alone). ``perf`` is the true test accuracy of
     the proxy's best architecture (the first on ties), ``oracle_perf`` that of the truly best one.
     ``data`` (optional) is checked against the proxy's dataset name and class count.
+
+    Each architecture's proxy numbers are cached as soon as its chunk of networks is trained, in one JSON file
+    per proxy (:func:`proxy_scores_path`, under ``<cache>/image_proxy_scores/``, default
+    :func:`hcdc.paths.cache_dir`), so an interrupted evaluation resumes and a repeated one trains nothing.
     """
     start = time.perf_counter()
     archs = list(archs)
@@ -743,16 +805,24 @@ def evaluate_image_proxy(
         raise ConfigError(f"the proxy is of '{proxy.meta['dataset']}' with {proxy.num_classes} classes, "
                           f"the data '{data.name}' has {data.num_classes}")
     device = default_device(device)
-    parts = proxy_parts(proxy, protocol, device)
-    acc, loss = [], []
-    bar = tqdm(total=len(archs), desc=f"proxy {proxy.meta['method']}", unit="arch", disable=not progress)
-    for chunk in _stack_chunks(archs, protocol, protocol.seeds_on_proxy):
-        for result in scores_on_proxy(chunk, parts, proxy.num_classes, protocol, device=device):
-            acc.append(result["acc"])
-            loss.append(result["loss"])
-        bar.update(len(chunk))
-    bar.close()
-    acc_t, loss_t = torch.tensor(acc, dtype=torch.float64), torch.tensor(loss, dtype=torch.float64)
+    parts = proxy_parts(proxy, protocol)
+    path = proxy_scores_path(parts, proxy.num_classes, protocol, cache, device)
+    header = {"format": CACHE_FORMAT, "dataset": proxy.meta["dataset"], "method": proxy.meta["method"],
+              "training": _proxy_training(proxy.num_classes, protocol)}
+    keys, on_device = [a.to_str() for a in archs], None
+
+    def train_and_score(chunk: list[str]) -> dict[str, dict]:
+        nonlocal on_device
+        if on_device is None:  # moved to the device only when something is missing
+            on_device = tuple(t.to(device) for t in parts)
+        results = scores_on_proxy([Architecture.parse(k) for k in chunk], on_device, proxy.num_classes, protocol,
+                                  device=device)
+        return dict(zip(chunk, results))
+
+    known, computed = _cached_per_architecture(path, header, keys, train_and_score, protocol, protocol.seeds_on_proxy,
+                                               device, f"proxy {proxy.meta['method']}", progress)
+    acc_t = torch.tensor([known[k]["acc"] for k in keys], dtype=torch.float64)
+    loss_t = torch.tensor([known[k]["loss"] for k in keys], dtype=torch.float64)
     score = proxy_score(acc_t, loss_t)
     true = truth.val_acc.numpy()
     report = ranking_report(score.numpy(), true, proxy_higher_is_better=True, k=min(5, len(archs)))
@@ -761,13 +831,15 @@ def evaluate_image_proxy(
     report.update(spearman_acc=by_acc["spearman"], spearman_loss=by_loss["spearman"], kendall_loss=by_loss["kendall"])
     pick = int(np.argmax(score.numpy()))
     oracle = int(np.argmax(true))
+    seconds = float(sum(known[k]["seconds"] for k in dict.fromkeys(keys)))
     return ImageProxyEvaluation(archs, acc_t, loss_t, score, truth, report, float(truth.test_acc[pick]),
-                                float(truth.test_acc[oracle]), pick, oracle, time.perf_counter() - start)
+                                float(truth.test_acc[oracle]), pick, oracle, seconds, computed,
+                                time.perf_counter() - start)
 
 
 __all__ = [
     "PROTOCOLS", "ImageGroundTruth", "ImageProtocol", "ImageProxyEvaluation", "class_subset", "data_fingerprint",
     "default_device", "downsample", "evaluate_image_proxy", "get_protocol", "ground_truth_path", "image_ground_truth",
-    "prepare_data", "proxy_images", "proxy_parts", "proxy_score", "score_architecture", "score_on_proxy", "scores_on_proxy",
+    "prepare_data", "proxy_images", "proxy_parts", "proxy_scores_path", "proxy_score", "score_architecture", "score_on_proxy", "scores_on_proxy",
     "train_architecture", "train_networks", "train_stacked",
 ]
