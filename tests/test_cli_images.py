@@ -106,6 +106,18 @@ def test_search_on_the_original_images_scores_trials_by_the_ground_truth(tmp_pat
     assert found["original_data"]["val_acc_of_pick"] == pytest.approx(max(truth.val_acc.tolist()))
 
 
+def test_a_bad_device_is_one_line_exit_2(tmp_path, capsys):
+    images = _image_file(tmp_path / "blobs.npz")
+    assert _run(capsys, "condense", "--image-file", images, "--method", "random", "--protocol", "smoke", "--ipc", 3,
+                "--out", tmp_path / "p")[0] == 0
+    missing = "this machine has" if torch.cuda.is_available() else "CUDA is not available here"
+    for device, message in [("tpu", "unknown device 'tpu'"), ("mps", "unsupported device 'mps'"), ("cuda:99", missing)]:
+        for argv in (["evaluate", tmp_path / "p"], ["search", tmp_path / "p", "--trials", 2, "--out", tmp_path / "s"]):
+            code, out, err = _run(capsys, *argv, "--device", device)
+            assert code == 2 and err.startswith("hcdc: error: ") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s").exists() and not (tmp_path / "p-scores.json").exists()
+
+
 def _strict_json(path):
     """The JSON file ``path`` parsed as standard JSON: a bare NaN or Infinity is an error, as in jq or JSON.parse."""
     def refuse(constant):

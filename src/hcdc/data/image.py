@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
@@ -213,7 +213,9 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(img.convert("RGB"))
-    except Exception as exc:  # Pillow raises many types for unreadable files
+    except UnidentifiedImageError:
+        raise DataError(f"{where}: not a readable image (unknown or corrupt format)") from None
+    except Exception as exc:  # Pillow raises many types for damaged files
         raise DataError(f"{where}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 

@@ -61,7 +61,7 @@ def load_pickle(path: str | Path, encoding: str = "latin1") -> Any:
     try:
         with open(path, "rb") as fh:
             return _RestrictedUnpickler(io.BytesIO(fh.read()), encoding=encoding).load()
-    except DataError:
-        raise
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
     except Exception as exc:  # truncated or corrupt stream
         raise DataError(f"cannot read {path}: corrupt or truncated pickle ({type(exc).__name__}: {exc})") from None

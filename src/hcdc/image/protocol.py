@@ -522,10 +522,24 @@ def score_architecture(
 
 
 def default_device(device: torch.device | str | None = None) -> torch.device:
-    """``device``, or CUDA when available, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` (checked: a ConfigError for an unknown name or a CUDA device this machine lacks), or CUDA when
+    available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {device!r} (expected cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {str(device)!r}: CUDA is not available here (torch {torch.__version__}); "
+                              "use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {str(device)!r}: this machine has {count} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device {str(device)!r} (expected cpu, cuda or cuda:N)")
+    return device
 
 
 # --- ground truth -----------------------------------------------------------------------------------
