@@ -307,6 +307,12 @@ def test_condense_and_info_cli_round_trip(tmp_path, capsys):
     assert code == 0, err
     assert load_proxy(out).meta["method"] == "random"
     assert main(["info", str(out)]) == 0
+    for args, message in [(["--configs", "1"], "ranking needs at least two configurations, got 1"),
+                          (["--archs", "3"], "--archs: not for graph proxies"),
+                          (["--device", "cpu", "--archs", "2"], "--archs, --device: not for graph proxies")]:
+        code, err = _run(capsys, "evaluate", out, *args, "--plot", tmp_path / "scores.png")
+        assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "scores.png").exists() and not (tmp_path / "scores.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -438,6 +444,18 @@ def test_graph_val_fit_scores_each_way_of_fitting_the_validation_set(tmp_path, m
     for bad in (["--tune-seed", "0"], ["--variants", "sgd:0.1"]):
         with pytest.raises(ConfigError):
             bench.main(["--dataset", "sbm", "--method", hcdc] + bad)
+
+
+def test_the_demo_refuses_fewer_than_two_configurations_before_training(tmp_path, monkeypatch):
+    from hcdc.graph import demo
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("nothing should be trained")
+
+    monkeypatch.setattr(demo, "ground_truth", no_training)
+    with pytest.raises(ConfigError, match="ranking needs at least two configurations, got 1"):
+        demo.run_demo(_sbm(), tmp_path / "out", configs=1)
+    assert not (tmp_path / "out").exists()
 
 
 def test_demo_schedule_scores_demo_variants_on_tuning_configurations(tmp_path, monkeypatch):

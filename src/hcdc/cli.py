@@ -188,12 +188,21 @@ def _condense_images(args: argparse.Namespace, options: dict) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .artifacts import load_proxy
+    from .errors import ConfigError
     from .graph import FilterSpace, TrainProtocol, evaluate_proxy
     from .runinfo import run_record
 
     proxy = load_proxy(args.directory)
+    other = {"image": ("configs", "config_seed", "seeds"), "graph": ("archs", "device")}[proxy.kind]
+    given = [f"--{name.replace('_', '-')}" for name in other if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: not for {proxy.kind} proxies (--configs, --config-seed and --seeds rank "
+                          "graph filters; --archs and --device NAS-Bench-201 cells)")
     if proxy.kind == "image":
         return _evaluate_images(args, proxy)
+    for name, default in (("configs", 80), ("config_seed", 0), ("seeds", 2)):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     data = _load_graph(args, proxy.meta["dataset"], proxy.meta["config"].get("graph_file"))
     lam = FilterSpace().sample(args.configs, args.config_seed)
     ev = evaluate_proxy(proxy, data, lam, TrainProtocol(seeds=tuple(range(args.seeds))))
@@ -432,9 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="how well a proxy ranks configurations (graph filters or NAS-Bench-201 cells) "
                                         "against training on the original data")
     p.add_argument("directory", type=Path, metavar="PROXY_DIR")
-    p.add_argument("--configs", type=int, default=80, help="graph proxies: filter configurations sampled (default 80)")
-    p.add_argument("--config-seed", type=int, default=0, help="graph proxies: seed of that sample")
-    p.add_argument("--seeds", type=int, default=2, help="graph proxies: training seeds per configuration (default 2)")
+    p.add_argument("--configs", type=int, default=None, help="graph proxies: filter configurations sampled (default 80)")
+    p.add_argument("--config-seed", type=int, default=None, help="graph proxies: seed of that sample (default 0)")
+    p.add_argument("--seeds", type=int, default=None, help="graph proxies: training seeds per configuration (default 2)")
     p.add_argument("--archs", type=int, default=None,
                    help="image proxies: the first N of the committed architectures (default: the proxy's protocol's)")
     p.add_argument("--device", default=None, help="image proxies: cpu or cuda (default: cuda when available)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..data.graph import GraphData
 from .condensers import make_condenser
-from .evaluate import evaluate_proxy
+from .evaluate import check_rankable, evaluate_proxy
 from .groundtruth import ground_truth
 from ..report import markdown_table, plot_scores
 from .space import FilterSpace, TrainProtocol
@@ -29,6 +29,7 @@ DEMO_RATIO = 0.25
 def run_demo(data: GraphData, out: Path, configs: int = 24, ratio: float = DEMO_RATIO, seed: int = 0) -> list[dict]:
     """Run the demo on ``data``; writes ``out/demo.md`` and ``out/hcdc_scores.png`` and returns the rows."""
     lam = FilterSpace().sample(configs, seed=0)
+    check_rankable(lam)
     start = time.perf_counter()
     truth = ground_truth(data, lam, DEMO_PROTOCOL)
     print(f"ground truth: {configs} configurations on the whole graph in {time.perf_counter() - start:.0f} s "
