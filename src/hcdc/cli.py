@@ -114,21 +114,6 @@ def _load_images(dataset: str, image_file, data_root, protocol):
     return prepare_data(data, protocol)
 
 
-def _proxy_protocol(proxy):
-    """The image protocol recorded in an image proxy made by ``hcdc condense`` (ConfigError when absent)."""
-    from .errors import ConfigError
-    from .image.protocol import ImageProtocol
-
-    saved = proxy.meta.get("protocol")
-    if not isinstance(saved, dict):
-        raise ConfigError("this image proxy records no protocol (make it with `hcdc condense`), so hcdc cannot tell "
-                          "how to train architectures on it")
-    try:
-        return ImageProtocol(**{k: v for k, v in saved.items() if k != "name"})
-    except TypeError as exc:
-        raise ConfigError(f"the proxy's protocol is not one this version of hcdc reads: {exc}") from None
-
-
 def _cmd_condense(args: argparse.Namespace) -> int:
     from .errors import ConfigError
 
@@ -241,10 +226,10 @@ def _report_evaluation(args: argparse.Namespace, proxy, heading: str, record: di
 
 def _evaluate_images(args: argparse.Namespace, proxy) -> int:
     from .image.condensers.hcdc import validation_shift
-    from .image.protocol import default_device, evaluate_image_proxy, image_ground_truth
+    from .image.protocol import default_device, evaluate_image_proxy, image_ground_truth, recorded_protocol
     from .runinfo import run_record
 
-    protocol = _proxy_protocol(proxy)
+    protocol = recorded_protocol(proxy)
     if args.archs is not None:
         protocol = protocol.with_(num_archs=args.archs)
     device = default_device(args.device)
@@ -331,7 +316,7 @@ def _fresh_output(args: argparse.Namespace, result_file: Path, journal: Path) ->
 
 def _search_images(args: argparse.Namespace, proxy, result_file: Path, journal: Path) -> int:
     from .errors import ConfigError
-    from .image.protocol import default_device, get_protocol
+    from .image.protocol import default_device, get_protocol, recorded_protocol
     from .image.search import proxy_objective, retrain_finalists, search_architectures, truth_objective
     from .io import atomic_write_json
     from .runinfo import run_record
@@ -340,7 +325,7 @@ def _search_images(args: argparse.Namespace, proxy, result_file: Path, journal: 
         raise ConfigError("--graph-file is for graph searches")
     device = default_device(args.device)
     if proxy is not None:
-        protocol = _proxy_protocol(proxy)
+        protocol = recorded_protocol(proxy)
         if args.seeds is not None:
             protocol = protocol.with_(proxy_seeds=tuple(range(args.seeds)))
         dataset, image_file = proxy.meta["dataset"], proxy.meta["config"].get("image_file")

@@ -260,6 +260,19 @@ PROTOCOLS: dict[str, ImageProtocol] = {
 }
 
 
+def recorded_protocol(proxy: Proxy) -> ImageProtocol:
+    """The image protocol recorded in an image proxy made by ``hcdc condense`` (ConfigError when absent): how
+    :func:`proxy_parts`, evaluation and search prepare its images and train architectures on it."""
+    saved = proxy.meta.get("protocol")
+    if not isinstance(saved, dict):
+        raise ConfigError("this image proxy records no protocol (make it with `hcdc condense`), so hcdc cannot tell "
+                          "how to train architectures on it")
+    try:
+        return ImageProtocol(**{k: v for k, v in saved.items() if k != "name"})
+    except TypeError as exc:
+        raise ConfigError(f"the proxy's protocol is not one this version of hcdc reads: {exc}") from None
+
+
 def get_protocol(name: str) -> ImageProtocol:
     """The preset ``name`` of :data:`PROTOCOLS`."""
     if name not in PROTOCOLS:
@@ -854,6 +867,6 @@ def evaluate_image_proxy(
 __all__ = [
     "PROTOCOLS", "ImageGroundTruth", "ImageProtocol", "ImageProxyEvaluation", "class_subset", "data_fingerprint",
     "default_device", "downsample", "evaluate_image_proxy", "get_protocol", "ground_truth_path", "image_ground_truth",
-    "prepare_data", "proxy_images", "proxy_parts", "proxy_scores_path", "proxy_score", "score_architecture", "score_on_proxy", "scores_on_proxy",
+    "prepare_data", "proxy_images", "proxy_parts", "proxy_scores_path", "recorded_protocol", "proxy_score", "score_architecture", "score_on_proxy", "scores_on_proxy",
     "train_architecture", "train_networks", "train_stacked",
 ]
