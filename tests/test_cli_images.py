@@ -118,6 +118,8 @@ def test_a_bad_device_is_one_line_exit_2(tmp_path, capsys):
             code, out, err = _run(capsys, *argv, "--device", device)
             assert code == 2 and err.startswith("hcdc: error: ") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "s").exists() and not (tmp_path / "p-scores.json").exists()
+    code, _, err = _run(capsys, "search", tmp_path / "p", "--protocol", "smoke", "--trials", 2, "--out", tmp_path / "s")
+    assert code == 2 and "a proxy is searched with the protocol it records" in err and not (tmp_path / "s").exists()
     code, _, err = _run(capsys, "evaluate", tmp_path / "p", "--configs", 5, "--seeds", 2)
     assert code == 2 and "--configs, --seeds: not for image proxies" in err and not (tmp_path / "p-scores.json").exists()
 

@@ -323,6 +323,7 @@ def test_condense_and_info_cli_round_trip(tmp_path, capsys):
         (["--method", "magic"], "magic"),
         (["--dataset", "imagenet"], "imagenet"),
         (["--options", '{"bogus": 1}'], "bogus"),
+        (["--protocol", "cpu"], "--protocol is for image datasets"),
     ],
 )
 def test_condense_rejects_bad_arguments_without_output(tmp_path, capsys, args, word):

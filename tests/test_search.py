@@ -116,6 +116,7 @@ def test_search_cli_on_a_proxy_writes_its_record_and_refuses_bad_input(tmp_path,
     for args, word in [(["--trials", "0"], "--trials must be >= 1 (got 0)"), (["--finalists", "-1"], "--finalists must be >= 0"),
                        (["--batch", "0", "--seeds", "-2"], "--batch must be >= 1 (got 0); --seeds must be >= 1 (got -2)"),
                        (["--sampler", "grid"], "grid"),
+                       ([proxy, "--device", "cpu", "--protocol", "full"], "--protocol, --device: for image searches"),
                        ([tmp_path / "no-proxy"], "no-proxy"), (["--dataset", "imagenet"], "imagenet")]:
         target = tmp_path / "bad"
         code, err = _run(capsys, "search", *args, "--out", target)

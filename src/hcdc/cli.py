@@ -124,6 +124,8 @@ def _cmd_condense(args: argparse.Namespace) -> int:
         return _condense_images(args, options)
     if args.ipc is not None:
         raise ConfigError("--ipc is for image datasets; a graph proxy's size is --ratio")
+    if args.protocol is not None:
+        raise ConfigError("--protocol is for image datasets (graphs train with the graph track's fixed protocol)")
     from .artifacts import save_proxy
     from .graph import make_condenser
     from .paths import snapshot_dir
@@ -153,6 +155,7 @@ def _condense_images(args: argparse.Namespace, options: dict) -> int:
 
     if args.ratio is not None:
         raise ConfigError("--ratio is for graphs; an image proxy's size is --ipc (images per class)")
+    args.protocol = args.protocol or "cpu"
     protocol = get_protocol(args.protocol).with_(**({} if args.ipc is None else {"ipc": args.ipc}))
     resolved = method_options(args.method, args.protocol, protocol, options)  # unknown method/options fail first
     view = _load_images(args.dataset, args.image_file, args.data_root, protocol)
@@ -271,6 +274,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     proxy = load_proxy(args.proxy) if args.proxy is not None else None
     if (proxy.kind if proxy is not None else _kind(args)) == "image":
         return _search_images(args, proxy, result_file, journal)
+    given = [flag for flag, value in (("--protocol", args.protocol), ("--device", args.device)) if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: for image searches (graph searches train with the graph track's protocol)")
     if proxy is not None:
         data = _load_graph(args, proxy.meta["dataset"], proxy.meta["config"].get("graph_file"))
         graph, evaluate_on = proxy_graphs(proxy)
@@ -325,6 +331,8 @@ def _search_images(args: argparse.Namespace, proxy, result_file: Path, journal: 
         raise ConfigError("--graph-file is for graph searches")
     device = default_device(args.device)
     if proxy is not None:
+        if args.protocol is not None:
+            raise ConfigError("--protocol: a proxy is searched with the protocol it records (see `hcdc info`)")
         protocol = recorded_protocol(proxy)
         if args.seeds is not None:
             protocol = protocol.with_(proxy_seeds=tuple(range(args.seeds)))
@@ -332,7 +340,7 @@ def _search_images(args: argparse.Namespace, proxy, result_file: Path, journal: 
         target = {"proxy": str(args.proxy.resolve()), "method": proxy.meta["method"],
                   "images_per_class": proxy.meta["images_per_class"]}
     else:
-        protocol = get_protocol(args.protocol).with_(**({} if args.seeds is None else {"seeds": tuple(range(args.seeds))}))
+        protocol = get_protocol(args.protocol or "cpu").with_(**({} if args.seeds is None else {"seeds": tuple(range(args.seeds))}))
         dataset, image_file = args.dataset, args.image_file
         target = {"dataset": dataset, "image_file": str(image_file) if image_file else None}
     view = _load_images(dataset, image_file, args.data_root, protocol)
@@ -412,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=None,
                    help="graphs: synthetic training nodes per labelled node, in (0, 1] (default 0.5)")
     p.add_argument("--ipc", type=int, default=None, help="images: synthetic training images per class (default: the protocol's)")
-    p.add_argument("--protocol", default="cpu", help="images: the image protocol (cpu, full or smoke; default cpu) that "
+    p.add_argument("--protocol", default=None, help="images: the image protocol (cpu, full or smoke; default cpu) that "
                                                      "fixes resolution, subsets, the network and each method's recipe")
     p.add_argument("--seed", type=int, default=0, help="condensation seed (same seed, same proxy; default 0)")
     p.add_argument("--options", default=None, help="condenser options as a JSON object")
@@ -444,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="cora", help="the original data when no proxy is given (default: cora)")
     p.add_argument("--graph-file", type=Path, default=None, help="a graph .npz instead of --dataset")
     p.add_argument("--image-file", type=Path, default=None, help="an image dataset instead of --dataset")
-    p.add_argument("--protocol", default="cpu", help="image search without a proxy: the image protocol (default cpu)")
+    p.add_argument("--protocol", default=None,
+                   help="image search without a proxy: the image protocol (default cpu; a proxy's is the one it records)")
     p.add_argument("--device", default=None, help="images: cpu or cuda (default: cuda when available)")
     p.add_argument("--trials", type=int, default=64, help="finished trials to reach (default 64)")
     p.add_argument("--sampler", default="tpe", help="Optuna sampler: tpe or random")
