@@ -255,6 +255,28 @@ def test_image_search_bench_compares_proxy_studies_with_the_original_data_study(
     assert "original data" in (tmp_path / "search_toy.md").read_text()
 
 
+def test_an_interrupted_evaluate_resumes_when_rerun(tmp_path, capsys, monkeypatch):
+    from hcdc.image import protocol as P
+
+    images = _image_file(tmp_path / "blobs.npz")
+    assert _run(capsys, "condense", "--image-file", images, "--method", "random", "--protocol", "smoke", "--ipc", 3,
+                "--out", tmp_path / "p")[0] == 0
+    real_train, calls = P.train_networks, []
+
+    def ctrl_c_on_the_fifth_chunk(*args, **kwargs):  # 3 ground-truth architectures, then one on the proxy
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(P, "train_networks", ctrl_c_on_the_fifth_chunk)
+        code, _, err = _run(capsys, "evaluate", tmp_path / "p")
+    assert code == 130 and "rerun the same command to resume" in err and not (tmp_path / "p-scores.json").exists()
+    assert _run(capsys, "evaluate", tmp_path / "p")[0] == 0
+    assert json.loads((tmp_path / "p-scores.json").read_text())["results"]["computed"] == 2  # one was kept
+
+
 def test_an_interrupted_condense_resumes_when_rerun(tmp_path, capsys, monkeypatch):
     from hcdc import checkpoint
     from hcdc.checkpoint import Checkpoints

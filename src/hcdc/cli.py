@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None,
                    help="PNG of proxy score vs true accuracy (default: PROXY_DIR-scores.png; results beside it as .json)")
     _data_root_argument(p)
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=_cmd_evaluate, interrupted="; rerun the same command to resume (trained architectures are cached)")
 
     p = sub.add_parser("search", help="Optuna search on a proxy (or on the original data): graph filter coefficients "
                                       "or NAS-Bench-201 cells; its best trials trained on the original data")
