@@ -68,20 +68,20 @@ def test_presets_follow_the_paper_and_keys_are_stable():
     # the baselines' validation part keeps the train:val proportion; at the cpu scale it must not shrink to a few images
     assert round(cpu.ipc * cpu.val_subset / cpu.train_subset) >= 10
     assert len(cpu.architectures()) == cpu.num_archs and cpu.architectures()[0] == full.architectures()[0]
-    # keys: deterministic, equal for equal protocols, sensitive to every field
-    assert full.key() == ImageProtocol(**{**full.as_dict(), "seeds": tuple(full.seeds)}).key()
-    assert len({p.key() for p in PROTOCOLS.values()}) == len(PROTOCOLS)
-    assert full.with_(epochs=49).key() != full.key() and full.with_(epochs=49).truth_key() != full.truth_key()
+    # keys: deterministic, equal for equal protocols, sensitive to the fields they cover
+    assert full.proxy_key() == ImageProtocol(**{**full.as_dict(), "seeds": tuple(full.seeds)}).proxy_key()
+    assert len({p.proxy_key() for p in PROTOCOLS.values()}) == len(PROTOCOLS)
+    assert full.with_(proxy_epochs=49).proxy_key() != full.proxy_key() and full.with_(epochs=49).truth_key() != full.truth_key()
     # the ground-truth key ignores what only concerns proxies and the bench
     assert full.with_(proxy_epochs=7, ipc=10, num_archs=5, proxy_seeds=(0,), val_part="real").truth_key() == full.truth_key()
     # val_part changes how baseline proxies are made (their own keys), not how a proxy is evaluated;
     # the presets give the baselines the paper's validation part (a random split of their own images)
-    assert full.with_(val_part="real").key() == full.key() and full.val_part == cpu.val_part == "split"
+    assert full.with_(val_part="real").proxy_key() == full.proxy_key() and full.val_part == cpu.val_part == "split"
     # how many networks train at once changes results only by rounding: neither key
-    assert full.with_(stack=1).key() == full.key() and full.with_(stack=1).truth_key() == full.truth_key()
+    assert full.with_(stack=1).proxy_key() == full.proxy_key() and full.with_(stack=1).truth_key() == full.truth_key()
     # pinned: a change here silently invalidates every cached ground truth
     assert full.truth_key() == "3d02b851f1a6c024"
-    assert cpu.key() == "5d64da12a3635401"  # pinned: the cache key of every stored proxy evaluation
+    assert cpu.proxy_key() == "a631c868e8946a14"  # pinned: the key of every cached proxy score
 
 
 @pytest.mark.parametrize("change", [dict(C=0), dict(epochs=1.5), dict(seeds=()), dict(seeds=(0, 0)), dict(lr=-1.0),

@@ -174,18 +174,24 @@ def _condense_images(args: argparse.Namespace, options: dict) -> int:
     return 0
 
 
+def _refuse_given(args: argparse.Namespace, names: tuple[str, ...], why: str) -> None:
+    """One ConfigError naming the options among ``names`` the user gave (not None), which do not apply here."""
+    from .errors import ConfigError
+
+    given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: {why}")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .artifacts import load_proxy
-    from .errors import ConfigError
     from .graph import FilterSpace, TrainProtocol, evaluate_proxy
     from .runinfo import run_record
 
     proxy = load_proxy(args.directory)
-    other = {"image": ("configs", "config_seed", "seeds"), "graph": ("archs", "device")}[proxy.kind]
-    given = [f"--{name.replace('_', '-')}" for name in other if getattr(args, name) is not None]
-    if given:
-        raise ConfigError(f"{', '.join(given)}: not for {proxy.kind} proxies (--configs, --config-seed and --seeds rank "
-                          "graph filters; --archs and --device NAS-Bench-201 cells)")
+    _refuse_given(args, {"image": ("configs", "config_seed", "seeds"), "graph": ("archs", "device")}[proxy.kind],
+                  f"not for {proxy.kind} proxies (--configs, --config-seed and --seeds rank graph filters; --archs and "
+                  "--device NAS-Bench-201 cells)")
     if proxy.kind == "image":
         return _evaluate_images(args, proxy)
     for name, default in (("configs", 80), ("config_seed", 0), ("seeds", 2)):
@@ -274,9 +280,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     proxy = load_proxy(args.proxy) if args.proxy is not None else None
     if (proxy.kind if proxy is not None else _kind(args)) == "image":
         return _search_images(args, proxy, result_file, journal)
-    given = [flag for flag, value in (("--protocol", args.protocol), ("--device", args.device)) if value is not None]
-    if given:
-        raise ConfigError(f"{', '.join(given)}: for image searches (graph searches train with the graph track's protocol)")
+    _refuse_given(args, ("protocol", "device"), "for image searches (graph searches train with the graph track's protocol)")
     if proxy is not None:
         data = _load_graph(args, proxy.meta["dataset"], proxy.meta["config"].get("graph_file"))
         graph, evaluate_on = proxy_graphs(proxy)

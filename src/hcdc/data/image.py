@@ -267,7 +267,7 @@ _CACHE_KEYS = ("classes", "x_train", "y_train", "x_test", "y_test")
 
 
 def _archive_key(archive: Path) -> str:
-    """Cache key of an archive: the SHA-256 of its bytes (about 0.1 s for CIFAR-10's 18.5 MB), so a copied
+    """Cache key of an archive: the SHA-256 of its bytes (a fraction of a second for CIFAR-10's 18.5 MB), so a copied
     or re-downloaded archive with a new mtime still finds its decoded arrays and a changed one never does."""
     digest = hashlib.sha256(b"image-cache-v2:")
     with open(archive, "rb") as fh:

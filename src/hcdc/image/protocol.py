@@ -125,12 +125,9 @@ CACHE_FORMAT = 1
 # fields that change the ground truth (the cache key); the others only concern proxies or the bench
 _TRUTH_FIELDS = ("C", "N", "norm_groups", "epochs", "batch_size", "lr", "momentum", "weight_decay", "grad_clip", "resolution",
                  "train_subset", "val_subset", "test_subset", "seeds")
-# fields left out of the evaluation cache key: val_part decides only how baselines make their proxies (each
-# proxy is keyed by its own options), stack only how many networks train at once (results change by rounding,
-# as with another thread count)
-_UNKEYED_FIELDS = ("val_part", "stack")
 # fields that, with the proxy epochs and seeds, decide how a network trains on a proxy (the proxy-score cache key;
-# the resolution is in the proxy's images, stack and channels_last change results only by rounding)
+# the resolution is in the proxy's images; val_part concerns only how baselines make their proxies, and stack and
+# channels_last change results only by rounding, as another thread count does)
 _PROXY_TRAINING_FIELDS = ("C", "N", "norm_groups", "batch_size", "lr", "momentum", "weight_decay", "grad_clip")
 
 
@@ -224,10 +221,15 @@ class ImageProtocol:
         d["proxy_seeds"] = None if self.proxy_seeds is None else list(self.proxy_seeds)
         return d
 
-    def key(self) -> str:
-        """A short stable hash of the protocol (the proxy-evaluation cache key): every field but those that
-        decide only how baselines make their proxies (``val_part``) or how many networks train at once (``stack``)."""
-        return _hash({k: v for k, v in self.as_dict().items() if k not in _UNKEYED_FIELDS})
+    def proxy_training(self) -> dict:
+        """How a network trains on a proxy: the fields of ``_PROXY_TRAINING_FIELDS``, the proxy epochs and seeds."""
+        d = self.as_dict()
+        return {**{k: d[k] for k in _PROXY_TRAINING_FIELDS}, "epochs": self.epochs_on_proxy,
+                "seeds": list(self.seeds_on_proxy)}
+
+    def proxy_key(self) -> str:
+        """A short stable hash of :meth:`proxy_training` (with the proxy's images, the proxy-score cache key)."""
+        return _hash(self.proxy_training())
 
     def truth_key(self) -> str:
         """A short stable hash of the fields that determine the ground truth (the ground-truth cache key)."""
@@ -581,8 +583,10 @@ class ImageGroundTruth:
 
 
 def _cached_per_architecture(path: Path, header: dict, keys: Sequence[str], compute, protocol: ImageProtocol,
-                             seeds: Sequence[int], device: torch.device, desc: str, progress: bool) -> tuple[dict, int]:
-    """The entries of the JSON cache ``path`` for the architecture strings ``keys``, and how many were computed.
+                             seeds: Sequence[int], device: torch.device, desc: str,
+                             progress: bool) -> tuple[dict, int, float]:
+    """The entries of the JSON cache ``path`` for the architecture strings ``keys``, how many were computed, and
+    their compute time (each entry's ``seconds`` summed, cached ones as first measured).
 
     Those the file lacks are computed in chunks of about one stack (``compute(chunk)`` → ``{key: entry}``), each
     entry given its ``seconds`` (the chunk's time over its size) and ``device``, and merged into the file as soon
@@ -605,7 +609,7 @@ def _cached_per_architecture(path: Path, header: dict, keys: Sequence[str], comp
         known.update(entries)
         bar.update(len(chunk))
     bar.close()
-    return known, len(missing)
+    return known, len(missing), float(sum(known[k]["seconds"] for k in dict.fromkeys(keys)))
 
 
 def ground_truth_path(data: ImageData, protocol: ImageProtocol, cache: str | Path | None = None,
@@ -615,10 +619,16 @@ def ground_truth_path(data: ImageData, protocol: ImageProtocol, cache: str | Pat
     Keyed by the data's fingerprint, :meth:`ImageProtocol.truth_key` and the numeric precision
     (bf16 when CUDA autocast is on, else fp32).
     """
-    device = default_device(device)
-    precision = "bf16" if _uses_cuda_tricks(device, protocol.amp) else "fp32"
-    root = (Path(cache) if cache is not None else cache_dir()) / "image_groundtruth"
-    return root / f"{data.name.lower()}-{data_fingerprint(data)}-{protocol.truth_key()}-{precision}.json"
+    return _cache_file(cache, "image_groundtruth", f"{data.name.lower()}-{data_fingerprint(data)}-{protocol.truth_key()}",
+                       protocol, device)
+
+
+def _cache_file(cache: str | Path | None, folder: str, stem: str, protocol: ImageProtocol,
+                device: torch.device | str | None) -> Path:
+    """``<cache>/<folder>/<stem>-<precision>.json`` (default cache :func:`hcdc.paths.cache_dir`); the precision is
+    bf16 when CUDA autocast is on, else fp32."""
+    precision = "bf16" if _uses_cuda_tricks(default_device(device), protocol.amp) else "fp32"
+    return (Path(cache) if cache is not None else cache_dir()) / folder / f"{stem}-{precision}.json"
 
 
 def image_ground_truth(
@@ -670,12 +680,13 @@ def image_ground_truth(
         return {key: {**{m: float(np.mean([s[m] for s in seeds.values()])) for m in METRICS}, "seeds": seeds}
                 for key, seeds in entries.items()}
 
-    known, missing = _cached_per_architecture(path, header, keys, train_and_score, protocol, protocol.seeds, device,
-                                              f"ground truth ({data.name})", progress)
+    known, missing, compute_seconds = _cached_per_architecture(path, header, keys, train_and_score, protocol,
+                                                               protocol.seeds, device, f"ground truth ({data.name})",
+                                                               progress)
     values = {m: torch.tensor([number(known[k][m]) for k in keys], dtype=torch.float64) for m in METRICS}
     return ImageGroundTruth(archs, values["val_acc"], values["val_loss"], values["test_acc"],
-                            [known[k]["seeds"] for k in keys], missing, time.perf_counter() - start,
-                            float(sum(known[k]["seconds"] for k in dict.fromkeys(keys))), str(path))
+                            [known[k]["seeds"] for k in keys], missing, time.perf_counter() - start, compute_seconds,
+                            str(path))
 
 
 # --- proxy evaluation -------------------------------------------------------------------------------
@@ -740,30 +751,20 @@ def proxy_parts(proxy: Proxy, protocol: ImageProtocol,
     return tuple(t.to(device) if device is not None else t for t in (x[train], y[train], x[val], y[val]))
 
 
-def _proxy_training(num_classes: int, protocol: ImageProtocol) -> dict:
-    """What, besides the proxy's images, decides an architecture's numbers on a proxy."""
-    d = protocol.as_dict()
-    return {**{k: d[k] for k in _PROXY_TRAINING_FIELDS}, "epochs": protocol.epochs_on_proxy,
-            "seeds": list(protocol.seeds_on_proxy), "num_classes": num_classes}
-
-
 def proxy_scores_path(parts: tuple[Tensor, Tensor, Tensor, Tensor], num_classes: int, protocol: ImageProtocol,
                       cache: str | Path | None = None, device: torch.device | str | None = None) -> Path:
     """The cache file of the per-architecture numbers on the proxy whose :func:`proxy_parts` are ``parts``.
 
-    Keyed by a hash of those tensors (the images at the protocol's resolution and their labels), of how networks
-    train on them (:data:`_PROXY_TRAINING_FIELDS`, the proxy epochs and seeds, the class count) and the numeric
-    precision, as the ground truth's (:func:`ground_truth_path`).
+    Keyed by a hash of those tensors (the images at the protocol's resolution and their labels) and the class
+    count, by :meth:`ImageProtocol.proxy_key` (how networks train on them) and the numeric precision, as the
+    ground truth's (:func:`ground_truth_path`).
     """
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"classes:{num_classes}:".encode())
     for t in parts:
         t = t.detach().cpu().contiguous()
         digest.update(f"{t.dtype}:{tuple(t.shape)}:".encode())
         digest.update(t.numpy().tobytes())
-    device = default_device(device)
-    precision = "bf16" if _uses_cuda_tricks(device, protocol.amp) else "fp32"
-    root = (Path(cache) if cache is not None else cache_dir()) / "image_proxy_scores"
-    return root / f"{digest.hexdigest()[:16]}-{_hash(_proxy_training(num_classes, protocol))}-{precision}.json"
+    return _cache_file(cache, "image_proxy_scores", f"{digest.hexdigest()[:16]}-{protocol.proxy_key()}", protocol, device)
 
 
 def score_on_proxy(arch: Architecture, parts: tuple[Tensor, Tensor, Tensor, Tensor], num_classes: int,
@@ -835,7 +836,7 @@ def evaluate_image_proxy(
     parts = proxy_parts(proxy, protocol)
     path = proxy_scores_path(parts, proxy.num_classes, protocol, cache, device)
     header = {"format": CACHE_FORMAT, "dataset": proxy.meta["dataset"], "method": proxy.meta["method"],
-              "training": _proxy_training(proxy.num_classes, protocol)}
+              "num_classes": proxy.num_classes, "training": protocol.proxy_training()}
     keys, on_device = [a.to_str() for a in archs], None
 
     def train_and_score(chunk: list[str]) -> dict[str, dict]:
@@ -846,8 +847,9 @@ def evaluate_image_proxy(
                                   device=device)
         return dict(zip(chunk, results))
 
-    known, computed = _cached_per_architecture(path, header, keys, train_and_score, protocol, protocol.seeds_on_proxy,
-                                               device, f"proxy {proxy.meta['method']}", progress)
+    known, computed, seconds = _cached_per_architecture(path, header, keys, train_and_score, protocol,
+                                                        protocol.seeds_on_proxy, device, f"proxy {proxy.meta['method']}",
+                                                        progress)
     acc_t = torch.tensor([known[k]["acc"] for k in keys], dtype=torch.float64)
     loss_t = torch.tensor([known[k]["loss"] for k in keys], dtype=torch.float64)
     score = proxy_score(acc_t, loss_t)
@@ -858,7 +860,6 @@ def evaluate_image_proxy(
     report.update(spearman_acc=by_acc["spearman"], spearman_loss=by_loss["spearman"], kendall_loss=by_loss["kendall"])
     pick = int(np.argmax(score.numpy()))
     oracle = int(np.argmax(true))
-    seconds = float(sum(known[k]["seconds"] for k in dict.fromkeys(keys)))
     return ImageProxyEvaluation(archs, acc_t, loss_t, score, truth, report, float(truth.test_acc[pick]),
                                 float(truth.test_acc[oracle]), pick, oracle, seconds, computed,
                                 time.perf_counter() - start)
@@ -867,6 +868,7 @@ def evaluate_image_proxy(
 __all__ = [
     "PROTOCOLS", "ImageGroundTruth", "ImageProtocol", "ImageProxyEvaluation", "class_subset", "data_fingerprint",
     "default_device", "downsample", "evaluate_image_proxy", "get_protocol", "ground_truth_path", "image_ground_truth",
-    "prepare_data", "proxy_images", "proxy_parts", "proxy_scores_path", "recorded_protocol", "proxy_score", "score_architecture", "score_on_proxy", "scores_on_proxy",
+    "prepare_data", "proxy_images", "proxy_parts", "proxy_score", "proxy_scores_path", "recorded_protocol",
+    "score_architecture", "score_on_proxy", "scores_on_proxy",
     "train_architecture", "train_networks", "train_stacked",
 ]
