@@ -8,7 +8,7 @@ S_train comes from a pluggable standard condenser (``train_method``: ``gcond`` b
 With ``feature_columns`` = k > 0, both parts' features live on k input columns (those non-zero on
 the most nodes, :func:`~hcdc.graph.condensers.feature_support`; each node's features row-normalised
 over them) and are zero elsewhere, so training a configuration on the proxy costs in proportion to
-k columns, not to the input width (1,433 on Cora, 3,703 on CiteSeer); see the README for what k =
+k columns, not to the input width (1,433 on Cora, 3,703 on CiteSeer); see bench/README.md for what k =
 256 costs in ranking quality. The default, 0, keeps every column, as GCond does.
 """
 

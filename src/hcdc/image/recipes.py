@@ -41,7 +41,7 @@ CPU_OPTIONS: dict[str, dict] = {
 # (C, N, norm_groups) are filled from the protocol
 # real_theta=False (both hypergradients at the proxy's θ, the paper's approximation; no real-side training):
 # the committed table's alignment_mean is 0.73, against 0.92 with θ_T trained on real batches in the table of
-# commit 6ffb07f (protocol v1). Lower alignment loss did not rank better: see the README's Image track.
+# commit 6ffb07f (protocol v1). Lower alignment loss did not rank better: see bench/README.md's Image track.
 CPU_OPTIONS["hcdc"] = {"train_options": dict(CPU_OPTIONS["dc"]), "real_theta": False}
 
 # Tiny everything: only checks that every stage runs.
