@@ -37,12 +37,8 @@ from image_table import parse_named_json  # noqa: E402  (NAME=JSON items, as its
 from hcdc.data import load_dataset  # noqa: E402
 from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
 from hcdc.report import markdown_table  # noqa: E402
-from hcdc.image.protocol import (  # noqa: E402
-    ImageProtocol,
-    class_subset,
-    prepare_data,
-    score_architecture,
-)
+from hcdc.image.protocol import ImageProtocol, class_subset, prepare_data  # noqa: E402
+from hcdc.image.training import score_architecture  # noqa: E402
 from hcdc.image.space import Architecture  # noqa: E402
 from hcdc.metrics import spearman_brown  # noqa: E402
 from hcdc.runinfo import command_line, machine_info, package_versions  # noqa: E402

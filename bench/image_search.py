@@ -34,7 +34,10 @@ from image_table import add_protocol_options_argument, cached_proxy, with_protoc
 
 from hcdc.data import get_spec, load_dataset  # noqa: E402
 from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
-from hcdc.image.protocol import PROTOCOLS, data_fingerprint, default_device, image_ground_truth, prepare_data  # noqa: E402
+from hcdc.data.image import data_fingerprint  # noqa: E402
+from hcdc.image.groundtruth import image_ground_truth  # noqa: E402
+from hcdc.image.protocol import PROTOCOLS, prepare_data  # noqa: E402
+from hcdc.image.training import default_device  # noqa: E402
 from hcdc.image.recipes import method_options  # noqa: E402
 from hcdc.image.search import proxy_objective, retrain_finalists, search_architectures, truth_objective  # noqa: E402
 from hcdc.io import write_result  # noqa: E402

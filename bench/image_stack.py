@@ -39,7 +39,8 @@ from image_val_part import report_header, write_report  # noqa: E402  (the diagn
 
 from hcdc.data import load_dataset  # noqa: E402
 from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
-from hcdc.image.protocol import class_subset, default_device, get_protocol, prepare_data, train_networks  # noqa: E402
+from hcdc.image.protocol import class_subset, get_protocol, prepare_data  # noqa: E402
+from hcdc.image.training import default_device, train_networks  # noqa: E402
 from hcdc.report import markdown_table  # noqa: E402
 from hcdc.runinfo import command_line, machine_info, package_versions  # noqa: E402
 

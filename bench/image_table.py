@@ -64,16 +64,11 @@ from hcdc.report import markdown_table
 from hcdc.image.condensers import IMAGE_CONDENSERS, make_image_condenser
 from hcdc.image.condensers.hcdc import validation_shift
 from hcdc.image.recipes import method_options
-from hcdc.image.protocol import (
-    PROTOCOLS,
-    ImageProtocol,
-    data_fingerprint,
-    default_device,
-    evaluate_image_proxy,
-    ground_truth_path,
-    image_ground_truth,
-    prepare_data,
-)
+from hcdc.data.image import data_fingerprint
+from hcdc.image.evaluate import evaluate_image_proxy
+from hcdc.image.groundtruth import ground_truth_path, image_ground_truth
+from hcdc.image.protocol import PROTOCOLS, ImageProtocol, prepare_data
+from hcdc.image.training import default_device
 from hcdc.io import (
     atomic_write_bytes,
     atomic_write_json,

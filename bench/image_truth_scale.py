@@ -37,7 +37,8 @@ from image_val_part import read_table, report_header, write_report  # noqa: E402
 
 from hcdc.data import load_dataset  # noqa: E402
 from hcdc.errors import ConfigError, exit_on_user_error  # noqa: E402
-from hcdc.image.protocol import ImageProtocol, image_ground_truth  # noqa: E402
+from hcdc.image.groundtruth import image_ground_truth  # noqa: E402
+from hcdc.image.protocol import ImageProtocol  # noqa: E402
 from hcdc.image.space import Architecture  # noqa: E402
 from hcdc.metrics import mean_std, seed_agreement, spearman  # noqa: E402
 from hcdc.report import markdown_table  # noqa: E402

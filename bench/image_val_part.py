@@ -37,14 +37,9 @@ from hcdc.artifacts import load_proxy
 from hcdc.data import load_dataset
 from hcdc.errors import ConfigError, exit_on_user_error
 from hcdc.report import markdown_table
-from hcdc.image.protocol import (
-    ImageProtocol,
-    class_subset,
-    prepare_data,
-    proxy_parts,
-    score_architecture,
-    train_networks,
-)
+from hcdc.image.evaluate import proxy_parts
+from hcdc.image.protocol import ImageProtocol, class_subset, prepare_data
+from hcdc.image.training import score_architecture, train_networks
 from hcdc.image.space import Architecture
 from hcdc.io import write_result
 from hcdc.metrics import seed_agreement, spearman

@@ -14,7 +14,8 @@ from hcdc.artifacts import load_proxy, save_proxy
 from hcdc.cli import main
 from hcdc.data import load_image_file
 from hcdc.errors import ConfigError
-from hcdc.image.protocol import PROTOCOLS, image_ground_truth, prepare_data
+from hcdc.image.groundtruth import image_ground_truth
+from hcdc.image.protocol import PROTOCOLS, prepare_data
 from hcdc.image.search import ArchitectureSearch, search_architectures, trial_value
 from hcdc.image.space import Architecture
 from image_toys import toy_images
@@ -256,12 +257,12 @@ def test_image_search_bench_compares_proxy_studies_with_the_original_data_study(
 
 
 def test_an_interrupted_evaluate_resumes_when_rerun(tmp_path, capsys, monkeypatch):
-    from hcdc.image import protocol as P
+    from hcdc.image import evaluate, groundtruth, training
 
     images = _image_file(tmp_path / "blobs.npz")
     assert _run(capsys, "condense", "--image-file", images, "--method", "random", "--protocol", "smoke", "--ipc", 3,
                 "--out", tmp_path / "p")[0] == 0
-    real_train, calls = P.train_networks, []
+    real_train, calls = training.train_networks, []
 
     def ctrl_c_on_the_fifth_chunk(*args, **kwargs):  # 3 ground-truth architectures, then one on the proxy
         calls.append(1)
@@ -270,7 +271,8 @@ def test_an_interrupted_evaluate_resumes_when_rerun(tmp_path, capsys, monkeypatc
         return real_train(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(P, "train_networks", ctrl_c_on_the_fifth_chunk)
+        for module in (groundtruth, evaluate):  # each calls the training it imported
+            m.setattr(module, "train_networks", ctrl_c_on_the_fifth_chunk)
         code, _, err = _run(capsys, "evaluate", tmp_path / "p")
     assert code == 130 and "rerun the same command to resume" in err and not (tmp_path / "p-scores.json").exists()
     assert _run(capsys, "evaluate", tmp_path / "p")[0] == 0

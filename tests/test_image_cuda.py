@@ -12,7 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hcdc.image.protocol import ImageProtocol, image_ground_truth, score_architecture, train_architecture, train_networks
+from hcdc.image.groundtruth import image_ground_truth
+from hcdc.image.protocol import ImageProtocol
+from hcdc.image.training import score_architecture, train_architecture, train_networks
 from image_toys import CONV, CONV2, NONE, toy_images
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -15,13 +15,18 @@ from hcdc.artifacts import FORMAT_VERSION, Proxy, save_proxy
 from hcdc.cli import main as cli_main
 from hcdc.data.image import ImageData, load_cifar_python
 from hcdc.errors import ConfigError
+from hcdc.image import cache as C
+from hcdc.image import evaluate as E
 from hcdc.image import protocol as P
 from hcdc.image import recipes
+from hcdc.image import training as T
 from hcdc.image.condensers import IMAGE_CONDENSERS, make_image_condenser
+from hcdc.image.evaluate import evaluate_image_proxy, proxy_score
 from hcdc.image.figures import plot_ranking
-from hcdc.image.protocol import (PROTOCOLS, ImageProtocol, evaluate_image_proxy, image_ground_truth, prepare_data,
-                                 proxy_score, score_architecture, train_architecture)
+from hcdc.image.groundtruth import image_ground_truth
+from hcdc.image.protocol import PROTOCOLS, ImageProtocol, prepare_data
 from hcdc.image.space import Architecture
+from hcdc.image.training import score_architecture, train_architecture
 from hcdc.metrics import seed_agreement
 from conftest import load_bench
 from image_toys import CONV, CONV2, NONE, toy_images
@@ -133,7 +138,7 @@ def test_stacked_training_is_one_by_one_training_up_to_rounding():
     data = toy_data()
     x, y = data.normalized("train"), data.y_train
     jobs = [(CONV, 0), (CONV2, 0), (CONV, 1), (NONE, 2)]  # NONE: no gradient reaches its stem and first cell
-    stacked = P.train_stacked(jobs, x, y, TINY)
+    stacked = T.train_stacked(jobs, x, y, TINY)
     for (arch, seed), params in zip(jobs, stacked):
         alone = train_architecture(arch, x, y, TINY, seed)
         init = train_architecture(arch, x, y, TINY, seed, epochs=0)
@@ -144,7 +149,7 @@ def test_stacked_training_is_one_by_one_training_up_to_rounding():
             if torch.equal(alone[k], init[k]):  # left untouched one by one (unused op, no gradient): untouched here
                 assert torch.equal(params[k], init[k]), k
     # the protocol's stack decides how many train at once; what they learn does not change
-    grouped = P.train_networks(jobs, x, y, TINY.with_(stack=3))
+    grouped = T.train_networks(jobs, x, y, TINY.with_(stack=3))
     for a, b in zip(grouped, stacked):
         for k in a:
             torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
@@ -171,13 +176,13 @@ def test_ground_truth_is_cached_merged_and_locked(tmp_path, monkeypatch):
     data = toy_data()
     archs = [CONV, NONE]
     locks = []
-    real_merge = P.merge_json_entries
+    real_merge = C.merge_json_entries
 
     def spy(path, *args):
         locks.append(Path(path))
         return real_merge(path, *args)
 
-    monkeypatch.setattr(P, "merge_json_entries", spy)
+    monkeypatch.setattr(C, "merge_json_entries", spy)
     first = image_ground_truth(data, archs, TINY, cache=tmp_path / "c", progress=False)
     assert first.computed == 2 and len(locks) == 2 and first.compute_seconds > 0
     assert first.val_acc[0] > first.val_acc[1]  # a conv cell beats the constant predictor
@@ -186,20 +191,20 @@ def test_ground_truth_is_cached_merged_and_locked(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("cached architectures must not be retrained")
 
-    monkeypatch.setattr(P, "train_architecture", no_training)
+    monkeypatch.setattr(T, "train_architecture", no_training)
     second = image_ground_truth(data, archs[::-1], TINY, cache=tmp_path / "c", progress=False)
     assert second.computed == 0 and torch.equal(second.val_acc, first.val_acc.flip(0))
     monkeypatch.undo()
     # another process adds an entry while we train: both survive the merge
     path = Path(first.cache_file)
     stored = json.loads(path.read_text())
-    real_train = P.train_architecture
+    real_train = T.train_architecture
 
     def train_and_interleave(*args, **kwargs):
-        P.merge_json_entries(path, "archs", {"|other~0|": {"val_acc": 0.5}}, {k: v for k, v in stored.items() if k != "archs"})
+        real_merge(path, "archs", {"|other~0|": {"val_acc": 0.5}}, {k: v for k, v in stored.items() if k != "archs"})
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(P, "train_architecture", train_and_interleave)
+    monkeypatch.setattr(T, "train_architecture", train_and_interleave)
     third = image_ground_truth(data, [CONV2, CONV], TINY, cache=tmp_path / "c", progress=False)
     assert third.computed == 1
     entries = json.loads(path.read_text())["archs"]
@@ -234,7 +239,7 @@ def test_proxy_evaluation_is_cached_per_architecture_and_resumes(tmp_path, monke
     archs = [NONE, CONV, CONV2]
     truth = image_ground_truth(data, archs, TINY, progress=False)
     proxy = make_image_condenser("random").condense(data, TINY.ipc, seed=0)
-    real_train = P.train_networks
+    real_train = E.train_networks
     calls = []
 
     def interrupted_after_one_chunk(*args, **kwargs):
@@ -243,10 +248,10 @@ def test_proxy_evaluation_is_cached_per_architecture_and_resumes(tmp_path, monke
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(P, "train_networks", interrupted_after_one_chunk)
+    monkeypatch.setattr(E, "train_networks", interrupted_after_one_chunk)
     with pytest.raises(KeyboardInterrupt):
         evaluate_image_proxy(proxy, data, archs, TINY, truth, cache=tmp_path / "c")
-    monkeypatch.setattr(P, "train_networks", real_train)
+    monkeypatch.setattr(E, "train_networks", real_train)
     resumed = evaluate_image_proxy(proxy, data, archs, TINY, truth, cache=tmp_path / "c")
     assert resumed.computed == 2  # the first architecture's numbers were kept
     fresh = evaluate_image_proxy(proxy, data, archs, TINY, truth, cache=tmp_path / "fresh")
@@ -256,7 +261,7 @@ def test_proxy_evaluation_is_cached_per_architecture_and_resumes(tmp_path, monke
     def no_training(*args, **kwargs):
         raise AssertionError("cached architectures must not be retrained")
 
-    monkeypatch.setattr(P, "train_networks", no_training)
+    monkeypatch.setattr(E, "train_networks", no_training)
     again = evaluate_image_proxy(proxy, data, archs[::-1], TINY, image_ground_truth(data, archs[::-1], TINY, progress=False),
                                  cache=tmp_path / "c")
     assert again.computed == 0 and torch.equal(again.proxy_loss, resumed.proxy_loss.flip(0))
@@ -264,12 +269,12 @@ def test_proxy_evaluation_is_cached_per_architecture_and_resumes(tmp_path, monke
     monkeypatch.undo()
     # another proxy, other proxy training or another class count is another file
     other = make_image_condenser("random").condense(data, TINY.ipc, seed=1)
-    paths = {P.proxy_scores_path(P.proxy_parts(p, t), k, t, tmp_path / "c")
+    paths = {E.proxy_scores_path(E.proxy_parts(p, t), k, t, tmp_path / "c")
              for p, t, k in [(proxy, TINY, 3), (other, TINY, 3), (proxy, TINY.with_(proxy_epochs=2), 3),
                              (proxy, TINY.with_(proxy_seeds=(1,)), 3), (proxy, TINY, 4)]}
     assert len(paths) == 5
     # what only concerns the table or how many networks train at once shares the file
-    same = {P.proxy_scores_path(P.proxy_parts(proxy, t), 3, t, tmp_path / "c")
+    same = {E.proxy_scores_path(E.proxy_parts(proxy, t), 3, t, tmp_path / "c")
             for t in (TINY, TINY.with_(stack=4), TINY.with_(num_archs=2, epochs=1, val_part="real"))}
     assert len(same) == 1
 

@@ -235,7 +235,10 @@ def _report_evaluation(args: argparse.Namespace, proxy, heading: str, record: di
 
 def _evaluate_images(args: argparse.Namespace, proxy) -> int:
     from .image.condensers.hcdc import validation_shift
-    from .image.protocol import default_device, evaluate_image_proxy, image_ground_truth, recorded_protocol
+    from .image.evaluate import evaluate_image_proxy
+    from .image.groundtruth import image_ground_truth
+    from .image.protocol import recorded_protocol
+    from .image.training import default_device
     from .runinfo import run_record
 
     protocol = recorded_protocol(proxy)
@@ -326,7 +329,8 @@ def _fresh_output(args: argparse.Namespace, result_file: Path, journal: Path) ->
 
 def _search_images(args: argparse.Namespace, proxy, result_file: Path, journal: Path) -> int:
     from .errors import ConfigError
-    from .image.protocol import default_device, get_protocol, recorded_protocol
+    from .image.protocol import get_protocol, recorded_protocol
+    from .image.training import default_device
     from .image.search import proxy_objective, retrain_finalists, search_architectures, truth_objective
     from .io import atomic_write_json
     from .runinfo import run_record

@@ -3,9 +3,9 @@
 The architecture search a proxy is for (HCDC's image experiments, Ding et al., ICLR 2024, Sec. 7):
 an Optuna study over the operation on each of the cell's six edges (a categorical per edge, 5^6 =
 15,625 cells; Dong & Yang, ICLR 2020). On a proxy, a trial's objective is the proxy's score of
-:func:`hcdc.image.protocol.evaluate_image_proxy`: the accuracy on the proxy's validation part after
-training on its training part (:func:`~hcdc.image.protocol.score_on_proxy`), the loss breaking ties.
-On the original data it is the ground truth itself (:func:`~hcdc.image.protocol.image_ground_truth`,
+:func:`hcdc.image.evaluate.evaluate_image_proxy`: the accuracy on the proxy's validation part after
+training on its training part (:func:`~hcdc.image.evaluate.score_on_proxy`), the loss breaking ties.
+On the original data it is the ground truth itself (:func:`~hcdc.image.groundtruth.image_ground_truth`,
 validation accuracy after training on the training split, cached per architecture). The best trials
 are then trained on the original data and the one with the best validation accuracy there is the
 pick (:func:`retrain_finalists`). The study is resumable (:mod:`hcdc.study`).
@@ -26,7 +26,9 @@ from ..artifacts import Proxy
 from ..data.image import ImageData
 from ..errors import ConfigError
 from ..study import run_batched
-from .protocol import TIE_BREAK, ImageGroundTruth, ImageProtocol, image_ground_truth, proxy_parts, score_on_proxy
+from .evaluate import TIE_BREAK, proxy_parts, score_on_proxy
+from .groundtruth import ImageGroundTruth, image_ground_truth
+from .protocol import ImageProtocol
 from .space import EDGES, OPS, Architecture
 
 EDGE_NAMES = tuple(f"edge_{target}_{source}" for target, source in EDGES)  # the study's parameters, one per edge
@@ -34,7 +36,7 @@ EDGE_NAMES = tuple(f"edge_{target}_{source}" for target, source in EDGES)  # the
 
 def trial_value(acc: float, loss: float) -> float:
     """A trial's objective (higher is better): accuracy, then lower loss (``acc − 1e-6 · loss``; nan when
-    either is not finite). The same order as :func:`~hcdc.image.protocol.proxy_score` within a study."""
+    either is not finite). The same order as :func:`~hcdc.image.evaluate.proxy_score` within a study."""
     return acc - TIE_BREAK * loss if math.isfinite(acc) and math.isfinite(loss) else math.nan
 
 
