@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from hcdc import artifacts
 from hcdc.artifacts import Proxy, describe_proxy, load_proxy, save_proxy
 from hcdc.errors import ArtifactError
-from hcdc.io import atomic_write_json, number
+from hcdc.io import atomic_directory, atomic_write_bytes, atomic_write_json, number
 
 
 def _meta(kind: str, **extra) -> dict:
@@ -326,3 +327,26 @@ def test_json_records_are_standard_json_with_null_for_values_that_do_not_exist(t
     assert back == {"perf": None, "rows": [1.5, None, [None, 2]], "name": "x", "n": 3}
     assert math.isnan(number(back["perf"])) and number(back["rows"][0]) == 1.5 and number(back["n"]) == 3.0
 
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_permissions_of_a_plain_write(tmp_path, umask):
+    """Atomic writes go through owner-only temporary files; what they leave must follow the umask as open() would."""
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "table.md", b"| a |\n")
+        with atomic_directory(tmp_path / "proxy") as tmp:
+            atomic_write_bytes(tmp / "proxy.safetensors", b"x")
+        save_proxy(graph_proxy(), tmp_path / "saved")
+        with open(tmp_path / "plain.txt", "w"):
+            pass
+        os.mkdir(tmp_path / "plain")
+    finally:
+        os.umask(old)
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+    assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "plain").stat().st_mode & 0o777 == dir_mode
+    for f in [tmp_path / "table.md", tmp_path / "proxy" / "proxy.safetensors", *(tmp_path / "saved").iterdir()]:
+        assert f.stat().st_mode & 0o777 == file_mode, f
+    for d in (tmp_path / "proxy", tmp_path / "saved"):
+        assert d.stat().st_mode & 0o777 == dir_mode, d

@@ -60,7 +60,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import ArtifactError
-from .io import atomic_directory
+from .io import atomic_directory, plain_permissions
 
 FORMAT_VERSION = 1
 KINDS = ("graph", "image")
@@ -277,6 +277,7 @@ def save_proxy(proxy: Proxy, directory: str | os.PathLike, overwrite: bool = Fal
     with atomic_directory(path, overwrite=overwrite) as tmp:
         header = {"format_version": str(FORMAT_VERSION), "kind": proxy.kind}
         save_file(tensors, str(tmp / TENSORS_FILE), metadata=header)
+        plain_permissions(tmp / TENSORS_FILE)
         (tmp / META_FILE).write_text(meta_text, encoding="utf-8")
     return path
 

@@ -13,8 +13,20 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def plain_permissions(path: str | os.PathLike) -> None:
+    """Give ``path`` the permissions a plain ``open(path, "w")`` or ``mkdir`` would have: 0o666 (file) or 0o777
+    (directory) less the umask. Temporary files and directories, and safetensors' ``save_file``, are owner-only."""
+    mask = os.umask(0o022)  # read the umask by setting it and putting it back
+    os.umask(mask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it (0o666 less the umask), not the
+    owner-only ones of a temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -23,6 +35,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        plain_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -71,7 +84,8 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
 
     Yields the temporary directory to write into. On any exception (including
     KeyboardInterrupt) the temporary directory is removed and ``path`` is untouched. With
-    ``overwrite`` an existing ``path`` is replaced; otherwise it is an error to exist.
+    ``overwrite`` an existing ``path`` is replaced; otherwise it is an error to exist. The directory gets the
+    permissions of a plain ``mkdir`` (0o777 less the umask), not the owner-only ones of a temporary directory.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -79,6 +93,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        plain_permissions(tmp)
         yield tmp
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
