@@ -66,6 +66,9 @@ def test_condense_evaluate_and_search_an_image_file(tmp_path, capsys):
     assert proxy.tensors["x"].shape[-2:] == (SMOKE.resolution, SMOKE.resolution)
     code, out, _ = _run(capsys, "info", proxy_dir)
     assert code == 0 and "protocol: smoke" in out and "proxy_epochs 5" in out
+    code, _, err = _run(capsys, "evaluate", proxy_dir, "--archs", 1, "--plot", tmp_path / "one.png")
+    assert code == 2 and err.strip() == "hcdc: error: ranking needs at least two architectures, got 1"
+    assert not (tmp_path / "cache" / "image_groundtruth").exists()  # refused before training anything
 
     code, out, _ = _run(capsys, "evaluate", proxy_dir, "--plot", tmp_path / "dc.png")
     assert code == 0 and "3 NAS-Bench-201 architectures" in out and "Spearman" in out

@@ -234,6 +234,7 @@ def _report_evaluation(args: argparse.Namespace, proxy, heading: str, record: di
 
 
 def _evaluate_images(args: argparse.Namespace, proxy) -> int:
+    from .errors import ConfigError
     from .image.condensers.hcdc import validation_shift
     from .image.evaluate import evaluate_image_proxy
     from .image.groundtruth import image_ground_truth
@@ -244,6 +245,8 @@ def _evaluate_images(args: argparse.Namespace, proxy) -> int:
     protocol = recorded_protocol(proxy)
     if args.archs is not None:
         protocol = protocol.with_(num_archs=args.archs)
+    if protocol.num_archs < 2:  # before the ground truth trains anything
+        raise ConfigError(f"ranking needs at least two architectures, got {protocol.num_archs}")
     device = default_device(args.device)
     view = _load_images(proxy.meta["dataset"], proxy.meta["config"].get("image_file"), args.data_root, protocol)
     archs = protocol.architectures()
