@@ -37,8 +37,8 @@ def _graph_npz(path: Path, **override):
     return path
 
 
-def _assert_one_line_error(code, err, *words):
-    assert code == 2
+def _assert_one_line_error(code, err, *words, exit_code=2):
+    assert code == exit_code
     # progress bars may precede it; the message itself is one line
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("hcdc")]
     assert len(lines) == 1 and lines[0].startswith("hcdc: error: "), err
@@ -99,6 +99,11 @@ def test_bad_image_files_exit_2(tmp_path, capsys):
     (tmp_path / "cut.tar.gz").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     code, _, err = _run(capsys, "datasets", "--image-file", str(tmp_path / "cut.tar.gz"))
     _assert_one_line_error(code, err, "cut.tar.gz")
+    (tmp_path / "notes.txt").write_text("not images\n")
+    code, _, err = _run(capsys, "datasets", "--image-file", str(tmp_path / "notes.txt"))
+    _assert_one_line_error(code, err, "notes.txt is not an image dataset")
+    code, _, err = _run(capsys, "datasets", "--image-file", str(tmp_path / "absent"))
+    _assert_one_line_error(code, err, "image dataset not found", "absent")
 
 
 def test_truncated_planetoid_under_data_root_exits_2(tmp_path, capsys):
@@ -111,6 +116,16 @@ def test_truncated_planetoid_under_data_root_exits_2(tmp_path, capsys):
     (dest / "ind.cora.allx").write_bytes(data[: len(data) // 3])
     code, _, err = _run(capsys, "datasets", "--data-root", str(tmp_path))
     _assert_one_line_error(code, err, "ind.cora.allx")
+
+
+def test_an_output_the_file_system_refuses_is_one_line_and_exit_1(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "im.npz", x=rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8), y=np.repeat(np.arange(3), 20))
+    (tmp_path / "a-file").write_text("")
+    code, _, err = _run(capsys, "condense", "--image-file", str(tmp_path / "im.npz"), "--method", "random", "--ipc", "2",
+                        "--protocol", "smoke", "--out", str(tmp_path / "a-file" / "proxy"))
+    _assert_one_line_error(code, err, "a-file", exit_code=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "im.npz"]
 
 
 def test_info_on_missing_proxy_exits_2(tmp_path, capsys):

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import HCDCError
+from .errors import HCDCError, failure
 
 
 def _describe(summary: dict, kind: str) -> tuple[str, str]:
@@ -514,9 +514,10 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning  # one plain line, not a source location
             return args.func(args)
-    except HCDCError as exc:
-        print(f"hcdc: error: {exc}", file=sys.stderr)
-        return 2
+    except (HCDCError, OSError) as exc:
+        message, code = failure(exc)
+        print(f"hcdc: error: {message}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"hcdc: interrupted{getattr(args, 'interrupted', '')}", file=sys.stderr)
         return 130

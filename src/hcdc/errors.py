@@ -1,4 +1,5 @@
-"""User-facing errors: bad input that the CLI reports in one line with exit code 2."""
+"""User-facing errors: bad input that the CLI reports in one line with exit code 2, and file-system failures
+(a folder that does not exist, no permission, a full disk) that it reports in one line with exit code 1."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from collections.abc import Callable
 class HCDCError(Exception):
     """Base class for every error caused by what the user supplied (files, names, numbers).
 
-    The command-line tool prints ``hcdc: error: <message>`` and exits with code 2 for these;
-    anything else is a bug and keeps its traceback.
+    The command-line tool prints ``hcdc: error: <message>`` and exits with code 2 for these, and with code 1
+    for an :class:`OSError` (:func:`failure`); anything else is a bug and keeps its traceback.
     """
 
 
@@ -26,11 +27,27 @@ class ConfigError(HCDCError):
     """A name, ratio or option is unknown or out of range."""
 
 
+def failure(exc: BaseException) -> tuple[str, int] | None:
+    """The one-line message and exit code for an error the user can act on, None for a bug.
+
+    An :class:`HCDCError` is bad input (exit code 2); an :class:`OSError` is the file system refusing an output
+    or input (exit code 1), named by its path, e.g. ``No such file or directory: 'out/fig.png'``.
+    """
+    if isinstance(exc, HCDCError):
+        return str(exc), 2
+    if isinstance(exc, OSError):
+        where = f": {exc.filename!r}" if exc.filename is not None else ""
+        return f"{exc.strerror or exc}{where}", 1
+    return None
+
+
 def exit_on_user_error(main: Callable[[], object], program: str) -> None:
-    """Run a script's ``main()``; an :class:`HCDCError` becomes one line ``<program>: error: <message>``
-    on stderr and exit code 2, as in the command-line tool (the benchmark scripts' entry point)."""
+    """Run a script's ``main()``; an error the user can act on (:func:`failure`) becomes one line
+    ``<program>: error: <message>`` on stderr and its exit code, as in the command-line tool (the benchmark
+    scripts' entry point)."""
     try:
         main()
-    except HCDCError as exc:
-        print(f"{program}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except (HCDCError, OSError) as exc:
+        message, code = failure(exc)
+        print(f"{program}: error: {message}", file=sys.stderr)
+        sys.exit(code)

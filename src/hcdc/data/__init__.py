@@ -111,8 +111,11 @@ def load_image_file(path: str | Path) -> ImageData:
         return load_image_npz(path)
     if path.name.endswith(".tar.gz"):
         return load_cifar10_jpg(path)
+    if not path.exists():
+        raise DataError(f"image dataset not found: {path}")
     if not path.is_dir():
-        raise DataError(f"image dataset not found: {path} (expected an .npz file or a folder)")
+        raise DataError(f"{path} is not an image dataset: expected an .npz file, a CIFAR-10 JPEG .tar.gz, "
+                        "a CIFAR batch folder or an image folder")
     if any((path / d).is_dir() for d in ("cifar-10-batches-py", "cifar-100-python")) or (path / "batches.meta").exists() \
             or (path / "meta").is_file():
         return load_cifar_python(path)
