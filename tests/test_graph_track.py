@@ -11,7 +11,7 @@ import torch
 from hcdc.artifacts import load_proxy, save_proxy
 from hcdc.cli import main
 from hcdc.data.graph import GraphData
-from hcdc.errors import ConfigError
+from hcdc.errors import ArtifactError, ConfigError
 from hcdc.graph import FilterSpace, NodeGraph, TrainProtocol, ground_truth, make_condenser, unaligned_proxy
 from hcdc.graph.condensers import feature_support
 from hcdc.graph.evaluate import evaluate_proxy, proxy_graph, proxy_graphs
@@ -484,3 +484,44 @@ def test_demo_schedule_scores_demo_variants_on_tuning_configurations(tmp_path, m
 def test_command_line_records_the_script_and_quoted_arguments():
     assert command_line("/repo/bench/graph_table.py", ["--name", "a b"]) == "python bench/graph_table.py --name 'a b'"
     assert command_line("/repo/bench/demo_schedule.py", []) == "python bench/demo_schedule.py"
+
+
+def test_a_graph_proxy_as_pyg_data_propagates_as_hcdc_models_do(tmp_path, capsys):
+    """Proxy.to_pyg: GCNConv's normalisation of its edges (self-loops added) is hcdc's D̃^{-1/2}(A + I)D̃^{-1/2}."""
+    from torch_geometric.utils import to_dense_adj
+    from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+    graph = _write_graph(tmp_path / "g.npz")
+    assert _run(capsys, "condense", "--graph-file", graph, "--method", "gcond", "--ratio", "0.5",
+                "--options", '{"epochs": 2}', "--out", tmp_path / "p")[0] == 0
+    proxy = load_proxy(tmp_path / "p")
+    data = proxy.to_pyg()
+    t = proxy.tensors
+    assert data.num_edges > 0 and data.edge_weight.gt(0).all() and not (data.edge_index[0] == data.edge_index[1]).any()
+    assert not torch.equal(data.edge_weight, torch.ones_like(data.edge_weight))  # learned weights, kept
+    for key in ("x", "y", "train_mask", "val_mask"):
+        assert torch.equal(data[key], t[key])
+    assert data.num_classes == proxy.num_classes and data.num_nodes == len(t["y"])
+    edge_index, weight = gcn_norm(data.edge_index, data.edge_weight, data.num_nodes, add_self_loops=True)
+    dense = to_dense_adj(edge_index, edge_attr=weight, max_num_nodes=data.num_nodes)[0].t()  # row = target node
+    torch.testing.assert_close(dense, polyfilter.DenseOperator.from_adjacency(t["adj"]).matrix)
+    with pytest.raises(ArtifactError, match="needs a graph proxy"):
+        dataclasses.replace(proxy, kind="image").to_pyg()
+
+
+def test_the_readme_pyg_example_runs_on_a_graph_proxy(tmp_path, capsys, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "to_pyg()" in b]
+    graph = _write_graph(tmp_path / "g.npz")
+    assert _run(capsys, "condense", "--graph-file", graph, "--method", "random", "--ratio", "0.5",
+                "--out", tmp_path / "proxies" / "cora-hcdc")[0] == 0
+    monkeypatch.chdir(tmp_path)
+    small = snippet.replace("range(200)", "range(5)").replace("n_trials=20", "n_trials=3")
+    assert small.count("range(5)") == 1 and small.count("n_trials=3") == 1
+    scope = {}
+    exec(compile(small, "README.md", "exec"), scope)
+    study = scope["study"]
+    assert len(study.trials) == 3 and set(study.best_params) == {"hidden", "dropout", "lr"} and study.best_value > 0

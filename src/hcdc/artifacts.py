@@ -119,6 +119,24 @@ class Proxy:
         labels = self.tensors["y"][self.tensors[f"{split}_mask"]]
         return torch.bincount(labels, minlength=self.num_classes).tolist()
 
+    def to_pyg(self):
+        """A graph proxy as a ``torch_geometric.data.Data``, for training a PyTorch Geometric model on it.
+
+        ``x``, ``y``, ``train_mask`` and ``val_mask`` as stored, ``num_classes``, and the dense weighted adjacency as
+        ``edge_index`` / ``edge_weight`` (its non-zero entries, both directions; no self-loops, which ``GCNConv`` adds,
+        so a GCN propagates with the same D̃^{-1/2}(A + I)D̃^{-1/2} as hcdc's models). The features are row-normalised,
+        as hcdc's models see the original graph's (:func:`hcdc.data.graph.row_normalize`). ArtifactError for an
+        image proxy.
+        """
+        if self.kind != "graph":
+            raise ArtifactError(f"to_pyg needs a graph proxy; this is an {self.kind} proxy")
+        from torch_geometric.data import Data
+
+        t = self.tensors
+        edge_index = t["adj"].nonzero().t().contiguous()
+        return Data(x=t["x"], edge_index=edge_index, edge_weight=t["adj"][edge_index[0], edge_index[1]], y=t["y"],
+                    train_mask=t["train_mask"], val_mask=t["val_mask"], num_classes=self.num_classes)
+
     def validate(self) -> None:
         """Check the proxy against the schema; raise ArtifactError naming the first problem found."""
         self._validate_meta()
