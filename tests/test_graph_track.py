@@ -459,6 +459,30 @@ def test_the_demo_refuses_fewer_than_two_configurations_before_training(tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_the_demo_leaves_its_proxies_and_a_run_record(tmp_path, monkeypatch):
+    import json
+
+    from hcdc.graph import demo
+
+    small = {"random": {}, "hcdc": {"candidates": 1, "epochs": 20, "warmup": 10, "align_every": 5, "val_steps": 2,
+                                    "train_method": "random"}}
+    monkeypatch.setattr(demo, "DEMO_METHODS", small)
+    monkeypatch.setattr(demo, "DEMO_PROTOCOL", TrainProtocol(epochs=20, seeds=(0,)))
+    for _ in range(2):  # a rerun replaces the outputs
+        rows = demo.run_demo(_sbm(), tmp_path / "out", configs=4, ratio=0.5)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["demo.json", "demo.md", "hcdc", "hcdc_scores.png", "random"]
+    for method in small:
+        assert load_proxy(out / method).meta["method"] == method
+    record = json.loads((out / "demo.json").read_text())
+    assert record["config"]["methods"] == small and record["config"]["configs"] == 4 and record["seed"] == 0
+    assert record["config"]["protocol"]["epochs"] == 20 and "torch" in record["versions"]
+    assert record["timings"]["total"] >= record["timings"]["ground_truth"] > 0
+    assert [r["method"] for r in record["results"]] == ["random", "hcdc"]
+    assert [r["spearman"] for r in record["results"]] == pytest.approx([r["spearman"] for r in rows])
+    assert "| hcdc |" in (out / "demo.md").read_text()
+
+
 def test_demo_schedule_scores_demo_variants_on_tuning_configurations(tmp_path, monkeypatch):
     bench = bench_on_sbm("demo_schedule", tmp_path, monkeypatch)
     small_hcdc = {"train_method": "random", "candidates": 1, "epochs": 8, "warmup": 4, "align_every": 4, "hidden": 8,
