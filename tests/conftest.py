@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -16,6 +17,18 @@ def load_bench(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_readme_snippet(marker: str, loops: str) -> dict:
+    """Execute the README's Python example that contains ``marker``, shortened (``loops``, e.g. ``"range(100)"``,
+    becomes ``range(5)`` and ``n_trials=20`` becomes 3), in the current folder; its globals."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if marker in b]
+    small = snippet.replace(loops, "range(5)").replace("n_trials=20", "n_trials=3")
+    assert small.count("range(5)") == 1 and small.count("n_trials=3") == 1, "the example's loops changed"
+    scope: dict = {}
+    exec(compile(small, "README.md", "exec"), scope)
+    return scope
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from hcdc.image.groundtruth import image_ground_truth
 from hcdc.image.protocol import PROTOCOLS, prepare_data
 from hcdc.image.search import ArchitectureSearch, search_architectures, trial_value
 from hcdc.image.space import Architecture
+from conftest import run_readme_snippet
 from image_toys import toy_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -129,16 +128,11 @@ def test_a_bad_device_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_the_readme_python_example_runs_on_an_image_proxy(tmp_path, capsys, monkeypatch):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "recorded_protocol" in b]
     images = _image_file(tmp_path / "blobs.npz")
     assert _run(capsys, "condense", "--image-file", images, "--method", "hcdc", "--protocol", "smoke", "--ipc", 3,
                 "--out", tmp_path / "proxies" / "cifar-hcdc")[0] == 0
     monkeypatch.chdir(tmp_path)
-    small = snippet.replace("range(100)", "range(5)").replace("n_trials=20", "n_trials=3")
-    assert small.count("range(5)") == 1 and small.count("n_trials=3") == 1
-    scope = {}
-    exec(compile(small, "README.md", "exec"), scope)
+    scope = run_readme_snippet("recorded_protocol", "range(100)")
     proxy = scope["proxy"]
     assert scope["x_train"].shape == (9, 3, SMOKE.resolution, SMOKE.resolution) and len(scope["y_val"]) > 0
     assert int(proxy.tensors["train_mask"].sum()) == 9 and len(scope["study"].trials) == 3

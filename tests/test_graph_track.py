@@ -23,7 +23,7 @@ from hcdc.graph.train import _masked_ce, drop_unused_columns, score_configs, sta
 from hcdc.data.graph import row_normalize
 from hcdc.models import polyfilter
 from hcdc.runinfo import command_line
-from conftest import load_bench
+from conftest import load_bench, run_readme_snippet
 
 
 def _sbm(n_per_class=30, classes=3, features=20, seed=0) -> GraphData:
@@ -534,18 +534,9 @@ def test_a_graph_proxy_as_pyg_data_propagates_as_hcdc_models_do(tmp_path, capsys
 
 
 def test_the_readme_pyg_example_runs_on_a_graph_proxy(tmp_path, capsys, monkeypatch):
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "to_pyg()" in b]
     graph = _write_graph(tmp_path / "g.npz")
     assert _run(capsys, "condense", "--graph-file", graph, "--method", "random", "--ratio", "0.5",
                 "--out", tmp_path / "proxies" / "cora-hcdc")[0] == 0
     monkeypatch.chdir(tmp_path)
-    small = snippet.replace("range(200)", "range(5)").replace("n_trials=20", "n_trials=3")
-    assert small.count("range(5)") == 1 and small.count("n_trials=3") == 1
-    scope = {}
-    exec(compile(small, "README.md", "exec"), scope)
-    study = scope["study"]
+    study = run_readme_snippet("to_pyg()", "range(200)")["study"]
     assert len(study.trials) == 3 and set(study.best_params) == {"hidden", "dropout", "lr"} and study.best_value > 0
