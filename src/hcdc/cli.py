@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import HCDCError, failure
+from .errors import USER_ERRORS, failure
 
 
 def _describe(summary: dict, kind: str) -> tuple[str, str]:
@@ -234,19 +234,18 @@ def _report_evaluation(args: argparse.Namespace, proxy, heading: str, record: di
 
 
 def _evaluate_images(args: argparse.Namespace, proxy) -> int:
-    from .errors import ConfigError
     from .image.condensers.hcdc import validation_shift
     from .image.evaluate import evaluate_image_proxy
     from .image.groundtruth import image_ground_truth
     from .image.protocol import recorded_protocol
     from .image.training import default_device
+    from .metrics import check_rankable
     from .runinfo import run_record
 
     protocol = recorded_protocol(proxy)
     if args.archs is not None:
         protocol = protocol.with_(num_archs=args.archs)
-    if protocol.num_archs < 2:  # before the ground truth trains anything
-        raise ConfigError(f"ranking needs at least two architectures, got {protocol.num_archs}")
+    check_rankable(protocol.num_archs, "architectures")  # before the ground truth trains anything
     device = default_device(args.device)
     view = _load_images(proxy.meta["dataset"], proxy.meta["config"].get("image_file"), args.data_root, protocol)
     archs = protocol.architectures()
@@ -514,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning  # one plain line, not a source location
             return args.func(args)
-    except (HCDCError, OSError) as exc:
+    except USER_ERRORS as exc:
         message, code = failure(exc)
         print(f"hcdc: error: {message}", file=sys.stderr)
         return code

@@ -27,18 +27,17 @@ class ConfigError(HCDCError):
     """A name, ratio or option is unknown or out of range."""
 
 
-def failure(exc: BaseException) -> tuple[str, int] | None:
-    """The one-line message and exit code for an error the user can act on, None for a bug.
+USER_ERRORS = (HCDCError, OSError)  # what the command-line tool reports in one line (:func:`failure`)
 
-    An :class:`HCDCError` is bad input (exit code 2); an :class:`OSError` is the file system refusing an output
-    or input (exit code 1), named by its path, e.g. ``No such file or directory: 'out/fig.png'``.
-    """
+
+def failure(exc: HCDCError | OSError) -> tuple[str, int]:
+    """The one-line message and exit code of an error the user can act on: an :class:`HCDCError` is bad input
+    (exit code 2); an :class:`OSError` is the file system refusing an output or input (exit code 1), named by its
+    path, e.g. ``No such file or directory: 'out/fig.png'``."""
     if isinstance(exc, HCDCError):
         return str(exc), 2
-    if isinstance(exc, OSError):
-        where = f": {exc.filename!r}" if exc.filename is not None else ""
-        return f"{exc.strerror or exc}{where}", 1
-    return None
+    where = f": {exc.filename!r}" if exc.filename is not None else ""
+    return f"{exc.strerror or exc}{where}", 1
 
 
 def exit_on_user_error(main: Callable[[], object], program: str) -> None:
@@ -47,7 +46,7 @@ def exit_on_user_error(main: Callable[[], object], program: str) -> None:
     scripts' entry point)."""
     try:
         main()
-    except (HCDCError, OSError) as exc:
+    except USER_ERRORS as exc:
         message, code = failure(exc)
         print(f"{program}: error: {message}", file=sys.stderr)
         sys.exit(code)

@@ -27,6 +27,13 @@ from scipy import stats
 
 from .errors import ConfigError
 
+
+def check_rankable(count: int, what: str) -> None:
+    """A ConfigError, before anything is trained, unless there are at least two ``what`` (configurations,
+    architectures) to rank."""
+    if count < 2:
+        raise ConfigError(f"ranking needs at least two {what}, got {count}")
+
 def _vector(name: str, values: ArrayLike, min_len: int) -> np.ndarray:
     """``values`` as a finite 1-D float64 array of at least ``min_len`` entries, or ConfigError."""
     try:

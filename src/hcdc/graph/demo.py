@@ -18,7 +18,8 @@ from ..data.graph import GraphData
 from ..io import atomic_write_bytes, atomic_write_json
 from ..runinfo import run_record
 from .condensers import make_condenser
-from .evaluate import check_rankable, evaluate_proxy
+from ..metrics import check_rankable
+from .evaluate import evaluate_proxy
 from .groundtruth import ground_truth
 from ..report import markdown_table, plot_scores
 from .space import FilterSpace, TrainProtocol
@@ -35,7 +36,7 @@ def run_demo(data: GraphData, out: Path, configs: int = 24, ratio: float = DEMO_
     """Run the demo on ``data``; writes ``out/demo.md``, ``out/demo.json``, ``out/hcdc_scores.png`` and each
     method's proxy ``out/<method>/`` (replacing those of an earlier run), and returns the table's rows."""
     lam = FilterSpace().sample(configs, seed=0)
-    check_rankable(lam)
+    check_rankable(len(lam), "configurations")
     begin = start = time.perf_counter()
     truth = ground_truth(data, lam, DEMO_PROTOCOL)
     truth_s = time.perf_counter() - start

@@ -17,8 +17,7 @@ from torch import Tensor
 
 from ..artifacts import Proxy
 from ..data.graph import GraphData
-from ..errors import ConfigError
-from ..metrics import ranking_report
+from ..metrics import check_rankable, ranking_report
 from .groundtruth import GroundTruth, ground_truth
 from .hpo import HPOConfig, HPOResult, hypergradient_hpo
 from .problem import FilterProblem
@@ -70,16 +69,10 @@ class ProxyEvaluation:
                 "proxy_seconds_per_config": self.proxy.seconds / len(self.lam) / max(1, len(self.proxy.per_seed))}
 
 
-def check_rankable(lam: Tensor) -> None:
-    """A ConfigError, before anything is trained, unless ``lam`` holds at least two configurations to rank."""
-    if len(lam) < 2:
-        raise ConfigError(f"ranking needs at least two configurations, got {len(lam)}")
-
-
 def evaluate_proxy(proxy: Proxy, data: GraphData, lam: Tensor, protocol: TrainProtocol,
                    truth: GroundTruth | None = None, k: int = 5) -> ProxyEvaluation:
     """Train ``lam`` on the proxy, score on its validation nodes, and compare with the ground truth."""
-    check_rankable(lam)
+    check_rankable(len(lam), "configurations")
     truth = truth if truth is not None else ground_truth(data, lam, protocol)
     train_graph, score_graph = proxy_graphs(proxy)
     scores = score_configs(train_graph, lam, protocol, evaluate_on=score_graph)

@@ -25,7 +25,7 @@ from torch import Tensor
 from ..artifacts import Proxy
 from ..data.image import ImageData
 from ..errors import ConfigError
-from ..metrics import ranking_report
+from ..metrics import check_rankable, ranking_report
 from .cache import CACHE_FORMAT, cache_file, cached_per_architecture
 from .groundtruth import ImageGroundTruth
 from .protocol import ImageProtocol
@@ -165,8 +165,7 @@ def evaluate_image_proxy(
         raise ConfigError(f"evaluate_image_proxy needs an image proxy, got a {proxy.kind} proxy")
     if [a.to_str() for a in truth.archs] != [a.to_str() for a in archs]:
         raise ConfigError("the ground truth is for other architectures than those to evaluate")
-    if len(archs) < 2:
-        raise ConfigError("ranking needs at least two architectures")
+    check_rankable(len(archs), "architectures")
     if data is not None and (data.num_classes != proxy.num_classes or data.name != proxy.meta["dataset"]):
         raise ConfigError(f"the proxy is of '{proxy.meta['dataset']}' with {proxy.num_classes} classes, "
                           f"the data '{data.name}' has {data.num_classes}")
